@@ -1,0 +1,3 @@
+from unisd.cli.main import main
+
+raise SystemExit(main())
