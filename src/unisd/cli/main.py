@@ -1,0 +1,246 @@
+"""The `unisd` command line: train, eval, quickstart, export, and listings.
+
+Each subcommand parses its flags, builds a RunConfig (recipe + --config file + --set overrides)
+and calls the library; user errors (bad config, missing data, unknown names) print one clear
+message and exit with status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _common_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", help="task name (see `unisd tasks`)")
+    p.add_argument("--model", help="model alias, hub id, local folder or .gguf file (see `unisd models`)")
+    p.add_argument("--data-dir", help="folder with the published benchmark files")
+    p.add_argument("--config", help="YAML file with fields to set over the recipe")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one config field, e.g. --set optim.lr=1e-5 (repeatable)")
+    p.add_argument("--execute-code", action="store_true",
+                   help="allow running model-written code in the sandbox (code tasks)")
+
+
+def _overrides(args) -> list[str]:
+    out = []
+    if getattr(args, "task", None):
+        out.append(f"data.task={args.task}")
+    if getattr(args, "model", None):
+        out.append(f"model.name={args.model}")
+    if getattr(args, "data_dir", None):
+        out.append(f"data.data_dir={args.data_dir}")
+    if getattr(args, "execute_code", False):
+        out.append("eval.execute_code=true")
+    if getattr(args, "steps", None):
+        out.append(f"optim.steps={args.steps}")
+    if getattr(args, "name", None):
+        out.append(f"output.name={args.name}")
+    if getattr(args, "out", None):
+        out.append(f"output.root={args.out}")
+    return out + list(args.overrides)
+
+
+def cmd_train(args) -> int:
+    from unisd.config import load_config, read_run_config
+    from unisd.training.loop import train
+
+    if args.resume:
+        cfg = read_run_config(args.resume)
+        result = train(cfg, resume_dir=args.resume)
+    else:
+        cfg = load_config(args.recipe, _overrides(args), args.config)
+        result = train(cfg)
+    _print_summary(result.summary)
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from unisd.config import load_config
+    from unisd.training.loop import train
+
+    cfg = load_config("quickstart", _overrides(args), args.config)
+    result = train(cfg)
+    _print_summary(result.summary, quickstart=True)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from unisd.config import load_config, read_run_config
+    from unisd.evaluation.runner import evaluate, format_accuracy, save_eval
+    from unisd.models import load_model_and_tokenizer
+    from unisd.tasks import get_task
+    from unisd.training.loop import pick_device, task_options
+
+    if args.adapter:
+        cfg = read_run_config(args.adapter)
+        for text in _overrides(args):
+            from unisd.config.io import parse_override, set_path, to_dict, from_dict
+            from unisd.config.schema import RunConfig
+
+            tree = to_dict(cfg)
+            path, value = parse_override(text)
+            set_path(tree, path, value)
+            cfg = from_dict(RunConfig, tree).validate()
+    else:
+        cfg = load_config("sdft", _overrides(args), args.config)
+    if args.split:
+        cfg.eval.split = args.split
+    if args.limit is not None:
+        cfg.eval.limit = args.limit if args.limit > 0 else None
+    device = pick_device()
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
+    label = "base"
+    if args.adapter:
+        from unisd.models import apply_lora, load_weights
+        from unisd.training.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(args.adapter)
+        if last is None:
+            raise FileNotFoundError(f"{args.adapter}: no complete checkpoint under checkpoints/")
+        if cfg.model.finetune == "lora":
+            model = apply_lora(model, cfg.model)
+        load_weights(model, last / "weights")
+        label = f"{Path(args.adapter).name}@{last.name}"
+    task = get_task(cfg.data.task, **task_options(cfg))
+    examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit, seed=cfg.optim.seed)
+    result = evaluate(model, tokenizer, task, examples, max_new_tokens=cfg.eval.max_new_tokens,
+                      batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description=f"eval {label}")
+    result["aggregate"]["model"] = cfg.model.name
+    result["aggregate"]["weights"] = label
+    result["aggregate"]["split"] = cfg.eval.split
+    out = Path(args.output) if args.output else (
+        Path(args.adapter) / "eval" / f"{cfg.data.task}-{cfg.eval.split}.json" if args.adapter
+        else Path("runs") / "eval" / f"{Path(cfg.model.name).name}-{cfg.data.task}-{cfg.eval.split}.json")
+    save_eval(result, out)
+    agg = result["aggregate"]
+    print(f"{cfg.data.task}/{cfg.eval.split} {label}: accuracy {format_accuracy(agg)}")
+    for key in sorted(k for k, v in agg.items() if isinstance(v, dict) and "mean" in v and k != "accuracy"):
+        print(f"  {key}: {format_accuracy(agg, key)}")
+    print(f"per-item results: {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from unisd.models.export import export_run
+
+    out = export_run(args.run_dir, args.out_dir)
+    print(f"wrote a standalone model folder: {out}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from unisd.config import recipe_dict, recipe_names
+
+    width = max(len(n) for n in recipe_names())
+    for name in recipe_names():
+        print(f"{name:<{width}}  {recipe_dict(name).get('description', '')}")
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from unisd.tasks import TASKS, get_task
+
+    for name in sorted(TASKS):
+        try:
+            task = get_task(name)
+            doc = (sys.modules[type(task).__module__].__doc__ or "").strip().splitlines()[0]
+            print(f"{name:<11} splits: {', '.join(task.splits):<28} {doc}")
+        except Exception as err:  # a task module that fails to import should not hide the others
+            print(f"{name:<11} (unavailable: {err})")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from unisd.models import list_models
+
+    rows = list_models()
+    print(f"{'alias':<30} {'installed':<10} install with")
+    for row in rows:
+        print(f"{row['alias']:<30} {'yes' if row['installed'] else 'no':<10} {row['install']}")
+    return 0
+
+
+def _print_summary(summary: dict, quickstart: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from unisd.evaluation.runner import format_accuracy
+
+    console = Console()
+    table = Table(title=f"{summary['recipe']} on {summary['task']} ({summary['model']})")
+    table.add_column("metric")
+    table.add_column("base model")
+    table.add_column("after self-distillation")
+    before, after = summary.get("before"), summary.get("after")
+    keys = ["accuracy"] + sorted(k for k in (before or after or {}) if isinstance((before or after)[k], dict)
+                                 and k != "accuracy")
+    for key in keys:
+        table.add_row(key, format_accuracy(before, key) if before else "-", format_accuracy(after, key) if after else "-")
+    console.print(table)
+    data = summary["data"]
+    console.print(f"examples: {data['used']} used of {data['loaded']} loaded; dropped: {data['dropped'] or 0}; "
+                  f"truncated: {data['truncated'] or 0}; without negative: {data['without_negative']}")
+    console.print(f"steps: {summary['steps']} ({summary['skipped_steps']} skipped), time: {summary['seconds']:.0f} s, "
+                  f"peak memory: {summary['peak_memory_gb']:.1f} GB, device: {summary['device']}")
+    console.print(f"outputs: {summary['run_dir']} (config.yaml, metrics.jsonl, eval/, checkpoints/, training.png)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unisd", description="Self-distillation for LLMs (UniSD and baselines).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train with a recipe")
+    p.add_argument("recipe", nargs="?", default="sdft", help="recipe name (see `unisd recipes`) or a YAML path")
+    _common_run_flags(p)
+    p.add_argument("--steps", type=int, help="optimizer steps (optim.steps)")
+    p.add_argument("--name", help="run directory name")
+    p.add_argument("--out", help="parent folder of run directories (default runs/)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last complete checkpoint")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("quickstart", help="offline CPU demo: SmolLM2-135M improves on arithmetic by self-distillation")
+    _common_run_flags(p)
+    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--name", help="run directory name")
+    p.add_argument("--out", help="parent folder of run directories (default runs/)")
+    p.set_defaults(fn=cmd_quickstart)
+
+    p = sub.add_parser("eval", help="evaluate a base model or a run's checkpoint on a task")
+    _common_run_flags(p)
+    p.add_argument("--adapter", metavar="RUN_DIR", help="evaluate the last checkpoint of this run")
+    p.add_argument("--split", help="split to evaluate (default: the task's test split)")
+    p.add_argument("--limit", type=int, help="first N items (0 = all)")
+    p.add_argument("--output", help="where to write the per-item JSON")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("export", help="write a merged standalone HF model folder from a run")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    p.set_defaults(fn=cmd_export)
+
+    sub.add_parser("recipes", help="list the recipes").set_defaults(fn=cmd_recipes)
+    sub.add_parser("tasks", help="list the tasks").set_defaults(fn=cmd_tasks)
+    sub.add_parser("models", help="list packaged model aliases and whether they are installed").set_defaults(fn=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from unisd.config.schema import ConfigError
+    from unisd.tasks.base import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"unisd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyError as err:  # unknown task / alias / recipe names
+        print(f"unisd {args.command}: error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

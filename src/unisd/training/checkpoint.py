@@ -1,0 +1,114 @@
+"""Checkpoints that let a killed run continue exactly where it stopped.
+
+A checkpoint is a folder `checkpoints/step-000123/` holding the trainable weights (the LoRA
+adapter or the full model), the teacher's EMA state, optimizer and scheduler state, every RNG
+state (python, numpy, torch, CUDA), the data order and position, and the step counters. It is
+written to a temporary folder and renamed into place, so a crash mid-write leaves either the
+previous checkpoint or the new one, never a half one; a folder without its `COMPLETE` marker is
+ignored. Only the last `keep` checkpoints are kept.
+
+This module does not decide *when* to save (the loop does) and does not know the model type:
+weights go through `unisd.models.save_weights/load_weights`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MARKER = "COMPLETE"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / MARKER).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(run_dir)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, scheduler, teacher, state: dict[str, Any],
+                    rng: torch.Generator | None, keep: int) -> Path:
+    """Write checkpoint `step` atomically and prune old ones. `state` is JSON-serialisable loop
+    state (data order, position, counters); `rng` is the sampling generator."""
+    from unisd.models import save_weights
+
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_weights(model, tmp / "weights")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "teacher": teacher.state_dict() if teacher is not None else None,
+                "rng": rng_state(), "sampling_rng": rng.get_state() if rng is not None else None},
+               tmp / "trainer_state.pt")
+    (tmp / "loop_state.json").write_text(json.dumps(state))
+    (tmp / MARKER).write_text(str(step))
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-step-*"):  # leftovers of a crash during an earlier save
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, teacher,
+                    rng: torch.Generator | None) -> dict[str, Any]:
+    """Restore everything saved by `save_checkpoint`; returns the loop state."""
+    from unisd.models import load_weights
+
+    path = Path(path)
+    if not (path / MARKER).exists():
+        raise FileNotFoundError(f"{path}: not a complete checkpoint (no {MARKER} marker)")
+    load_weights(model, path / "weights")
+    blob = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    if teacher is not None and blob["teacher"] is not None:
+        teacher.load_state_dict(blob["teacher"])
+    set_rng_state(blob["rng"])
+    if rng is not None and blob["sampling_rng"] is not None:
+        rng.set_state(blob["sampling_rng"])
+    return json.loads((path / "loop_state.json").read_text())
+
+
+def _fsync_dir(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())

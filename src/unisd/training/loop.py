@@ -1,0 +1,374 @@
+"""The training loop: rollout -> views -> scoring -> objective -> step, top to bottom.
+
+`train(cfg)` builds everything from a validated RunConfig, optionally evaluates the base model,
+then for each optimizer step: samples completions from the student (or takes gold ones for
+SFT/GKD), splits the batch into micro-batches, accumulates the loss of `step.micro_batch_loss`
+(normalised by the batch's global completion-token count), clips, steps, updates the EMA
+teacher, logs one line to metrics.jsonl and checkpoints on schedule. A non-finite loss or
+gradient skips the update; too many in a row stop the run. `resume_dir` continues a killed run
+from its last complete checkpoint with identical data order and RNG streams.
+
+It is not a subclass of any framework Trainer, and holds no method-specific branches beyond
+what the config fields say.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unisd.config.io import dump_config
+from unisd.config.schema import RunConfig
+from unisd.training import checkpoint as ckpt
+from unisd.training.data import NEGATIVE_KIND, PreparedRow, prepare_rows
+from unisd.training.runlog import MetricsLog, fingerprint, make_run_dir, peak_memory_gb, write_json
+from unisd.training.scoring import completion_outputs
+from unisd.training.step import RolloutRows, StepContext, count_loss_tokens, micro_batch_loss
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (e.g. too many non-finite steps); the message says why."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    before: dict | None
+    after: dict | None
+    summary: dict
+
+
+def lr_lambda(step: int, total: int, warmup_ratio: float, schedule: str) -> float:
+    warmup = int(round(warmup_ratio * total))
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> list[int]:
+    """Data order of one epoch: a pure function of (seed, epoch), so resume needs only the position."""
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def text_generator(model, tokenizer, generator, *, max_new_tokens: int, temperature: float, stops, pad_id):
+    """A `list[user_text] -> list[str]` callable on the current weights (negatives, induction)."""
+    from unisd.generation.base import SamplingParams
+    from unisd.prompting import chat_prompt_ids
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+
+    def generate(texts: list[str]) -> list[str]:
+        out: list[str] = []
+        model.eval()
+        for lo in range(0, len(texts), 16):
+            prompts = [chat_prompt_ids(tokenizer, t) for t in texts[lo:lo + 16]]
+            with torch.no_grad():
+                ids = generator.generate(model, prompts, params, eos_token_ids=stops, pad_token_id=pad_id)
+            out.extend(tokenizer.decode([t for t in row if t not in stops], skip_special_tokens=True) for row in ids)
+        return out
+
+    return generate
+
+
+def build_contexts(cfg: RunConfig, examples, generate, model_key: str, console) -> tuple[dict | None, dict | None, Any]:
+    """Auxiliary contexts and negative demonstrations (None when their mechanisms are off)."""
+    from unisd.contexts import build_aux_contexts, build_negatives
+    from unisd.models.loading import cache_root
+
+    aux_texts = negatives = neg_set = None
+    cache_dir = cache_root() / "contexts"
+    if cfg.teacher.aux.kind != "none":
+        console.print(f"building {cfg.teacher.aux.k} {cfg.teacher.aux.kind} auxiliary contexts per example")
+        aux_texts = build_aux_contexts(examples, kind=cfg.teacher.aux.kind, k=cfg.teacher.aux.k, seed=cfg.optim.seed,
+                                       embedder=cfg.teacher.aux.embedder, cache_dir=cache_dir, generate=generate,
+                                       group_size=cfg.teacher.aux.induced_group_size,
+                                       count=cfg.teacher.aux.induced_count, cache_key_extra=model_key)
+    if cfg.teacher.negative.enabled:
+        kind = NEGATIVE_KIND.get(cfg.data.task, "mcqa" if examples and examples[0].choices else "free")
+        console.print(f"writing negative demonstrations ({kind}) with the model itself")
+        neg_set = build_negatives(examples, generate=generate, task_kind=kind, seed=cfg.optim.seed,
+                                  cache_path=cache_dir / f"negatives-{cfg.data.task}.json",
+                                  cache_key_extra=model_key)
+        negatives = neg_set.by_id
+    return aux_texts, negatives, neg_set
+
+
+def rollout(model, rows: list[PreparedRow], cfg: RunConfig, generator, *, stops, pad_id, step: int,
+            sampling_rng: torch.Generator | None) -> tuple[RolloutRows, dict[str, float]]:
+    """Completions for one optimizer batch: student samples, gold, or a seeded mix (GKD)."""
+    from unisd.generation.base import SamplingParams
+
+    src = cfg.rollout.source
+    coin = random.Random(f"{cfg.optim.seed}:mix:{step}")
+    on_policy = [src == "student" or (src == "mixed" and coin.random() < cfg.rollout.on_policy_fraction)
+                 for _ in rows]
+    completions: list[list[int]] = [r.gold for r in rows]
+    sample_idx = [i for i, flag in enumerate(on_policy) if flag]
+    stats = {"rollout/on_policy_rows": float(len(sample_idx))}
+    if sample_idx:
+        params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                top_p=cfg.rollout.top_p)
+        model.eval()
+        with torch.no_grad():
+            sampled = generator.generate(model, [rows[i].student for i in sample_idx], params,
+                                         eos_token_ids=stops, pad_token_id=pad_id, rng=sampling_rng)
+        model.train()
+        for i, ids in zip(sample_idx, sampled):
+            completions[i] = list(ids) if ids else [stops[0]]
+    truncated = [bool(c) and c[-1] not in stops for c in completions]
+    keep = [not (t and cfg.rollout.mask_truncated) for t in truncated]
+    lengths = [len(completions[i]) for i in sample_idx]
+    stats["rollout/completion_len"] = sum(lengths) / len(lengths) if lengths else 0.0
+    stats["rollout/truncated_rate"] = sum(truncated[i] for i in sample_idx) / len(sample_idx) if sample_idx else 0.0
+    stats["rollout/repetition"] = _repetition(completions, sample_idx)
+    return RolloutRows(ids=[r.example.id for r in rows], student_prompts=[r.student for r in rows],
+                       completions=completions, teacher_prompts=[r.teacher for r in rows],
+                       aux_prompts=[r.aux for r in rows] if rows and rows[0].aux is not None else None,
+                       negative_prompts=[r.negative for r in rows] if cfg.teacher.negative.enabled else None,
+                       loss_mask=keep), stats
+
+
+def _repetition(completions, idx) -> float:
+    """Share of repeated 4-grams in the sampled completions (1.0 = pure loops); a collapse signal."""
+    total = repeated = 0
+    for i in idx:
+        grams = [tuple(completions[i][j:j + 4]) for j in range(max(0, len(completions[i]) - 3))]
+        total += len(grams)
+        repeated += len(grams) - len(set(grams))
+    return repeated / total if total else 0.0
+
+
+def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None, show_progress: bool = True
+          ) -> RunResult:
+    from rich.console import Console
+
+    from unisd.evaluation.runner import eos_ids, evaluate, format_accuracy, save_eval
+    from unisd.generation import get_generator
+    from unisd.models import TeacherWeights, apply_lora, load_model_and_tokenizer
+    from unisd.tasks import get_task
+
+    console = console or Console()
+    t_start = time.perf_counter()
+    run_dir = Path(resume_dir) if resume_dir else make_run_dir(cfg)
+    if not resume_dir:
+        dump_config(cfg, run_dir / "config.yaml")
+    write_json(run_dir / "fingerprint.json", fingerprint())
+    seed_everything(cfg.optim.seed)
+    device = pick_device()
+
+    # ---- model, task, data ----
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
+    stops = eos_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    task = get_task(cfg.data.task, **task_options(cfg))
+    train_examples = task.load(cfg.data.train_split, data_dir=cfg.data.data_dir, limit=cfg.data.train_limit,
+                               seed=cfg.optim.seed)
+    eval_examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit, seed=cfg.optim.seed)
+    generator = get_generator(cfg.rollout.backend, device)
+    gen_texts = text_generator(model, tokenizer, generator, max_new_tokens=cfg.teacher.negative.max_new_tokens,
+                               temperature=cfg.teacher.negative.temperature, stops=stops, pad_id=pad_id)
+    aux_texts, negatives, _ = build_contexts(cfg, train_examples, gen_texts, cfg.model.name, console)
+    rows, report = prepare_rows(train_examples, tokenizer, cfg, eos_id=stops[0], aux_texts=aux_texts,
+                                negative_texts=negatives)
+    console.print(f"[bold]{cfg.recipe}[/] on {cfg.data.task}: {report.used} training examples "
+                  f"({report.loaded} loaded; dropped {sum(report.dropped.values())}, truncated "
+                  f"{sum(report.truncated.values())}, without negative {report.without_negative})")
+
+    # ---- evaluation of the base model (same path as the tuned one) ----
+    before = None
+    before_path = run_dir / "eval" / "before.json"
+    if cfg.eval.before and not before_path.exists():
+        before = evaluate(model, tokenizer, task, eval_examples, max_new_tokens=cfg.eval.max_new_tokens,
+                          batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description="eval (base)",
+                          show_progress=show_progress)
+        save_eval(before, before_path)
+        console.print(f"base model: {format_accuracy(before['aggregate'])}")
+    elif before_path.exists():
+        before = json.loads(before_path.read_text())
+
+    # ---- trainable weights, teacher weights, optimizer ----
+    model = apply_lora(model, cfg.model) if cfg.model.finetune == "lora" else model
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    needs_teacher = cfg.objective.loss == "distill"
+    teacher = TeacherWeights.from_config(model, cfg.teacher, cfg.model.finetune) if needs_teacher else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    total = cfg.optim.steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, total, cfg.optim.warmup_ratio, cfg.optim.schedule))
+    sampling_rng = torch.Generator(device=device).manual_seed(cfg.optim.seed)
+
+    state = {"step": 0, "epoch": 0, "position": 0, "bad_in_a_row": 0, "skipped_steps": 0, "epochs_seen": 1}
+    if resume_dir and (last := ckpt.latest_checkpoint(run_dir)) is not None:
+        state = ckpt.load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler, teacher=teacher,
+                                     rng=sampling_rng)
+        console.print(f"resumed from {last} (step {state['step']})")
+    metrics_log = MetricsLog(run_dir, cfg.output.loggers, truncate_after=state["step"])
+
+    def teacher_forward(view, hidden_layer):
+        with torch.no_grad(), teacher.activated(model) as tmodel:
+            return completion_outputs(tmodel, view, hidden_layer=hidden_layer)
+
+    order = epoch_order(len(rows), state["epoch"], cfg.optim.seed, cfg.data.shuffle)
+    progress = _step_progress(show_progress, total, state["step"])
+    with progress:
+        bar = progress.add_task("training", total=total, completed=state["step"])
+        while state["step"] < total:
+            step = state["step"]
+            # ---- the batch: next `batch_size` rows of the (seeded) epoch order ----
+            batch_idx = []
+            while len(batch_idx) < cfg.optim.batch_size:
+                if state["position"] >= len(order):
+                    state["epoch"] += 1
+                    state["position"] = 0
+                    state["epochs_seen"] = state["epoch"] + 1
+                    order = epoch_order(len(rows), state["epoch"], cfg.optim.seed, cfg.data.shuffle)
+                batch_idx.append(order[state["position"]])
+                state["position"] += 1
+            batch_rows = [rows[i] for i in batch_idx]
+
+            t0 = time.perf_counter()
+            rolled, roll_stats = rollout(model, batch_rows, cfg, generator, stops=stops, pad_id=pad_id, step=step,
+                                         sampling_rng=sampling_rng)
+            t_gen = time.perf_counter() - t0
+
+            # ---- accumulate over micro-batches; the loss is normalised by the global token count ----
+            n_tokens = count_loss_tokens(rolled)
+            ctx = StepContext(cfg.objective, pad_id, device, float(n_tokens),
+                              teacher_forward if needs_teacher else None, needs_teacher)
+            sums: dict[str, float] = {}
+            t1 = time.perf_counter()
+            mb = cfg.optim.micro_batch_size
+            for lo in range(0, len(rolled), mb):
+                part = rolled.select(list(range(lo, min(lo + mb, len(rolled)))))
+                if count_loss_tokens(part) == 0:
+                    continue
+                loss, m = micro_batch_loss(model, part, ctx)
+                loss.backward()
+                for key, value in m.items():
+                    sums[key] = value if key.endswith("_last") else sums.get(key, 0.0) + value
+            t_fb = time.perf_counter() - t1
+
+            # ---- guarded optimizer step ----
+            t2 = time.perf_counter()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
+            loss_value = sums.get("loss/total_sum", sums.get("loss/nll_sum", 0.0)) / max(n_tokens, 1)
+            finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+            if finite:
+                optimizer.step()
+                state["bad_in_a_row"] = 0
+            else:
+                state["bad_in_a_row"] += 1
+                state["skipped_steps"] += 1
+                console.print(f"[red]step {step}: non-finite loss or gradient (loss={loss_value}, "
+                              f"grad_norm={float(grad_norm)}); update skipped; batch ids: {rolled.ids}")
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if teacher is not None and finite:
+                teacher.update(step + 1)
+            t_opt = time.perf_counter() - t2
+            state["step"] = step + 1
+
+            record = _step_record(state["step"], sums, n_tokens, roll_stats, grad_norm, scheduler, t_gen, t_fb, t_opt,
+                                  finite, len(rolled))
+            metrics_log.write(record)
+            progress.update(bar, advance=1, description=f"training  loss {record['loss']:.4f}")
+            if state["bad_in_a_row"] >= cfg.optim.max_bad_steps:
+                metrics_log.close()
+                raise TrainingStopped(
+                    f"{state['bad_in_a_row']} non-finite steps in a row (optim.max_bad_steps="
+                    f"{cfg.optim.max_bad_steps}); stopped at step {state['step']}. The last good checkpoint "
+                    f"is {ckpt.latest_checkpoint(run_dir)}. Try a lower optim.lr or objective.temperature.")
+            if state["step"] % cfg.output.checkpoint_every == 0 or state["step"] == total:
+                ckpt.save_checkpoint(run_dir, state["step"], model=model, optimizer=optimizer, scheduler=scheduler,
+                                     teacher=teacher, state=state, rng=sampling_rng, keep=cfg.output.keep_last)
+    metrics_log.close()
+
+    after = None
+    if cfg.eval.after:
+        after = evaluate(model, tokenizer, task, eval_examples, max_new_tokens=cfg.eval.max_new_tokens,
+                         batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description="eval (tuned)",
+                         show_progress=show_progress)
+        save_eval(after, run_dir / "eval" / "after.json")
+    summary = {"recipe": cfg.recipe, "task": cfg.data.task, "model": cfg.model.name, "steps": state["step"],
+               "skipped_steps": state["skipped_steps"], "data": report.as_dict(),
+               "seconds": time.perf_counter() - t_start, "device": str(device), "peak_memory_gb": peak_memory_gb(),
+               "run_dir": str(run_dir),
+               "before": before["aggregate"] if before else None, "after": after["aggregate"] if after else None}
+    write_json(run_dir / "summary.json", summary)
+    try:
+        from unisd.reporting.plots import plot_run
+
+        plot_run(run_dir)
+    except ImportError:  # matplotlib is a dependency, but a broken install should not lose the run
+        pass
+    return RunResult(run_dir, state["step"], before, after, summary)
+
+
+def task_options(cfg: RunConfig) -> dict[str, Any]:
+    """Constructor options for the task: DataConfig.task_args, plus the code-execution opt-in."""
+    opts = dict(cfg.data.task_args)
+    if cfg.data.task in ("mbpp", "humaneval"):
+        opts.setdefault("execute", cfg.eval.execute_code)
+    return opts
+
+
+def _step_record(step, sums, n_tokens, roll_stats, grad_norm, scheduler, t_gen, t_fb, t_opt, finite, rows) -> dict:
+    n = max(n_tokens, 1)
+    record: dict[str, Any] = {"step": step}
+    record["loss"] = sums.get("loss/total_sum", sums.get("loss/nll_sum", 0.0)) / n
+    for key, value in sorted(sums.items()):
+        if key.endswith("_last"):
+            record[key[:-5]] = value
+        elif key.startswith(("loss/", "divergence")) and key.endswith("_sum"):
+            record[key[:-4]] = value / n
+    if "clip/clipped_sum" in sums:
+        record["clip/rate"] = sums["clip/clipped_sum"] / n
+    if "agreement/weight_sum" in sums:
+        record["agreement/weight_mean"] = sums["agreement/weight_sum"] / n
+        record["agreement/rows_scored"] = sums.get("agreement/rows_scored_sum", 0.0)
+    if "contrastive/rows_without_negative_sum" in sums:
+        record["contrastive/rows_without_negative"] = sums["contrastive/rows_without_negative_sum"]
+    record.update(roll_stats)
+    record.update({"tokens": n_tokens, "rows": rows, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+                   "finite": finite, "time/generate_s": t_gen, "time/forward_backward_s": t_fb,
+                   "time/optimizer_s": t_opt,
+                   "tokens_per_s": n_tokens / max(t_gen + t_fb + t_opt, 1e-9),
+                   "peak_memory_gb": peak_memory_gb()})
+    return record
+
+
+def _step_progress(show: bool, total: int, done: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), disable=not show, transient=False)
