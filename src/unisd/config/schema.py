@@ -417,6 +417,9 @@ class RunConfig:
         if o.contrastive.weight > 0 and not self.teacher.negative.enabled:
             raise ConfigError("objective.contrastive.weight > 0 needs negative demonstrations: set "
                               "teacher.negative.enabled=true")
+        if self.teacher.negative.enabled and self.teacher.context == "none":
+            raise ConfigError("teacher.negative.enabled needs a teacher context with a demonstration slot: "
+                              "set teacher.context to 'demonstration' or 'answer'")
         if self.teacher.weights == "ema" and self.model.finetune not in ("lora", "full"):
             raise ConfigError("teacher.weights='ema' needs model.finetune 'lora' or 'full'")
         return self

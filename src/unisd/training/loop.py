@@ -99,23 +99,27 @@ def text_generator(model, tokenizer, generator, *, max_new_tokens: int, temperat
 def build_contexts(cfg: RunConfig, examples, generate, model_key: str, console) -> tuple[dict | None, dict | None, Any]:
     """Auxiliary contexts and negative demonstrations (None when their mechanisms are off)."""
     from unisd.contexts import build_aux_contexts, build_negatives
-    from unisd.models.loading import cache_root
+    from unisd.models.loading import cache_dir
 
     aux_texts = negatives = neg_set = None
-    cache_dir = cache_root() / "contexts"
+    cache_dir = cache_dir().parent / "contexts"
     if cfg.teacher.aux.kind != "none":
         console.print(f"building {cfg.teacher.aux.k} {cfg.teacher.aux.kind} auxiliary contexts per example")
         aux_texts = build_aux_contexts(examples, kind=cfg.teacher.aux.kind, k=cfg.teacher.aux.k, seed=cfg.optim.seed,
                                        embedder=cfg.teacher.aux.embedder, cache_dir=cache_dir, generate=generate,
                                        group_size=cfg.teacher.aux.induced_group_size,
-                                       count=cfg.teacher.aux.induced_count, cache_key_extra=model_key)
+                                       count=cfg.teacher.aux.induced_count,
+                                       cache_key_extra=f"{model_key}|T={cfg.teacher.negative.temperature}")
     if cfg.teacher.negative.enabled:
         kind = NEGATIVE_KIND.get(cfg.data.task, "mcqa" if examples and examples[0].choices else "free")
         console.print(f"writing negative demonstrations ({kind}) with the model itself")
+        neg_cfg = cfg.teacher.negative
         neg_set = build_negatives(examples, generate=generate, task_kind=kind, seed=cfg.optim.seed,
                                   cache_path=cache_dir / f"negatives-{cfg.data.task}.json",
-                                  cache_key_extra=model_key)
-        negatives = neg_set.by_id
+                                  cache_key_extra=f"{model_key}|T={neg_cfg.temperature}|max={neg_cfg.max_new_tokens}")
+        console.print(neg_set.summary())
+        # Under the "answer" context the slot holds a final answer, so the negative is the wrong answer.
+        negatives = neg_set.answers if cfg.teacher.context == "answer" else neg_set.by_id
     return aux_texts, negatives, neg_set
 
 

@@ -1,0 +1,65 @@
+"""A tiny model through the whole product on CPU: train -> checkpoint -> eval -> run directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unisd.cli.main import main
+from unisd.config import load_config
+from unisd.training.loop import train
+
+
+def tiny_cfg(model_dir, tmp_path, recipe="sdft", *extra):
+    return load_config(recipe, [f"model.name={model_dir}", "data.task=arithmetic", "data.train_limit=32",
+                                "optim.steps=3", "optim.batch_size=4", "optim.micro_batch_size=2",
+                                "rollout.max_new_tokens=8", "eval.limit=6", "eval.max_new_tokens=8",
+                                "eval.batch_size=4", f"output.root={tmp_path}", "output.name=run",
+                                "output.checkpoint_every=2", "model.lora_r=4", *extra])
+
+
+def test_train_checkpoint_eval_files(tiny_model_dir, tmp_path):
+    result = train(tiny_cfg(tiny_model_dir, tmp_path), show_progress=False)
+    run = result.run_dir
+    for name in ("config.yaml", "fingerprint.json", "metrics.jsonl", "summary.json", "eval/before.json",
+                 "eval/after.json", "training.png"):
+        assert (run / name).exists(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    for r in lines:
+        assert r["finite"] and r["tokens"] > 0 and r["loss"] >= 0
+        assert {"time/generate_s", "rollout/completion_len", "grad_norm", "lr"} <= set(r)
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step-000002", "step-000003"]
+    after = json.loads((run / "eval" / "after.json").read_text())
+    assert after["aggregate"]["n"] == 6 and len(after["items"]) == 6
+    assert 0.0 <= after["aggregate"]["accuracy"]["lo"] <= after["aggregate"]["accuracy"]["hi"] <= 1.0
+
+
+def test_cli_eval_of_a_run_and_export(tiny_model_dir, tmp_path, capsys):
+    run = train(tiny_cfg(tiny_model_dir, tmp_path, "sft", "eval.before=false", "eval.after=false"),
+                show_progress=False).run_dir
+    assert main(["eval", "--adapter", str(run), "--limit", "3"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert json.loads((run / "eval" / "arithmetic-test.json").read_text())["aggregate"]["n"] == 3
+    out = tmp_path / "exported"
+    assert main(["export", str(run), str(out)]) == 0
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no peft
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "nosuchrecipe"], "unknown recipe 'nosuchrecipe'; valid recipes:"),
+    (["train", "--task", "nosuchtask", "--model", "x"], "unknown task 'nosuchtask'; valid tasks:"),
+    (["train", "--set", "optim.lr=-1"], "optim.lr: got -1.0"),
+    (["eval", "--task", "gsm8k", "--data-dir", "/nonexistent-dir", "--model", "m"], "/nonexistent-dir"),
+])
+def test_cli_errors_are_one_clear_line(argv, message, capsys, tiny_model_dir):
+    if "--model" in argv:
+        argv = [a if a not in ("x", "m") else str(tiny_model_dir) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
