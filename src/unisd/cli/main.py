@@ -93,6 +93,11 @@ def cmd_eval(args) -> int:
     device = pick_device()
     model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
     label = "base"
+    # Retention is on by default whenever the base is known: the model itself without --adapter
+    # (the base row: JSD 0 by construction), the adapter-disabled weights of a LoRA run, or a
+    # second copy of the run's base model for a full fine-tune.
+    retention = args.retention is not False
+    base_model = None
     if args.adapter:
         from unisd.models import apply_lora, load_weights
         from unisd.training.checkpoint import latest_checkpoint
@@ -102,12 +107,15 @@ def cmd_eval(args) -> int:
             raise FileNotFoundError(f"{args.adapter}: no complete checkpoint under checkpoints/")
         if cfg.model.finetune == "lora":
             model = apply_lora(model, cfg.model)
+        elif retention:
+            base_model, _ = load_model_and_tokenizer(cfg.model, device=device)
         load_weights(model, last / "weights")
         label = f"{Path(args.adapter).name}@{last.name}"
     task = get_task(cfg.data.task, **task_options(cfg))
     examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit, seed=cfg.optim.seed)
     result = evaluate(model, tokenizer, task, examples, max_new_tokens=cfg.eval.max_new_tokens,
-                      batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description=f"eval {label}")
+                      batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description=f"eval {label}",
+                      retention=retention, base_model=base_model)
     result["aggregate"]["model"] = cfg.model.name
     result["aggregate"]["weights"] = label
     result["aggregate"]["split"] = cfg.eval.split
@@ -119,8 +127,33 @@ def cmd_eval(args) -> int:
     print(f"{cfg.data.task}/{cfg.eval.split} {label}: accuracy {format_accuracy(agg)}")
     for key in sorted(k for k, v in agg.items() if isinstance(v, dict) and "mean" in v and k != "accuracy"):
         print(f"  {key}: {format_accuracy(agg, key)}")
+    if "cloze_norm" in agg:
+        print(f"  (cloze: option log-likelihood, argmax of the {agg['cloze_norm']} log-prob; "
+              "cloze_sum: of the summed log-prob)")
+    _print_retention(agg.get("retention"))
+    res = agg["resources"]
+    energy = (f"{res['energy_j']:.0f} J" if res["energy_j"] is not None
+              else f"n/a ({res.get('energy_unavailable')})")
+    print(f"  resources: {res['wall_s']:.1f} s, {agg['generated_tokens_per_s']:.1f} generated tokens/s, "
+          f"peak memory {res['peak_memory_gb']:.2f} GB ({res['peak_memory_kind']}), energy {energy}")
     print(f"per-item results: {out}")
     return 0
+
+
+def _print_retention(ret: dict | None) -> None:
+    if not ret:
+        return
+
+    def num(x, fmt=".3f"):
+        return "n/a" if x is None else format(x, fmt)
+
+    against = {"self": "the model itself (base row)", "adapter_disabled": "the adapter-disabled base",
+               "separate": "the separately loaded base", "context": "the base context"}
+    against = against.get(ret["base"], ret["base"])
+    print(f"  retention vs {against} on {ret['n']} completions ({ret['skipped_empty']} empty skipped):")
+    print(f"    PPL_ret mean over examples {num(ret['ppl_ret_mean'])}, corpus {num(ret['ppl_ret_corpus'])}; "
+          f"JSD {num(ret['jsd_mean'], '.4f')} nats; gold fit PPL corpus {num(ret['gold_fit_ppl_corpus'])} "
+          f"(mean {num(ret['gold_fit_ppl_mean'])}, n={ret['gold_n']})")
 
 
 def cmd_export(args) -> int:
@@ -188,8 +221,9 @@ def _print_summary(summary: dict, quickstart: bool = False) -> None:
     table.add_column("base model")
     table.add_column("after self-distillation")
     before, after = summary.get("before"), summary.get("after")
+    # Only the metrics with a CI: aggregates also hold "resources" and "retention" dicts.
     keys = ["accuracy"] + sorted(k for k in (before or after or {}) if isinstance((before or after)[k], dict)
-                                 and k != "accuracy")
+                                 and "mean" in (before or after)[k] and k != "accuracy")
     for key in keys:
         table.add_row(key, format_accuracy(before, key) if before else "-", format_accuracy(after, key) if after else "-")
     console.print(table)
@@ -227,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split to evaluate (default: the task's test split)")
     p.add_argument("--limit", type=int, help="first N items (0 = all)")
     p.add_argument("--output", help="where to write the per-item JSON")
+    p.add_argument("--retention", action=argparse.BooleanOptionalAction, default=None,
+                   help="retention metrics against the base model (PPL_ret, JSD, gold fit); default on: "
+                        "the adapter-disabled base for a LoRA run, a second copy of the base for a full "
+                        "fine-tune, the model itself (JSD 0) without --adapter")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("export", help="write a merged standalone HF model folder from a run")

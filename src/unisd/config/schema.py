@@ -351,7 +351,7 @@ class EvalConfig:
     after: bool = True
     """Evaluate the tuned model after training."""
     execute_code: bool = False
-    """Allow running model-written code in the sandbox (code tasks score 0 without it)."""
+    """Allow running model-written code in the sandbox; code tasks refuse to score without it."""
 
     def validate(self, p: str = "eval") -> None:
         if self.limit is not None:

@@ -191,6 +191,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     stops = eos_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     task = get_task(cfg.data.task, **task_options(cfg))
+    check_can_score(task, cfg)
     train_examples = task.load(cfg.data.train_split, data_dir=cfg.data.data_dir, limit=cfg.data.train_limit,
                                seed=cfg.optim.seed)
     eval_examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit, seed=cfg.optim.seed)
@@ -305,6 +306,8 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             record = _step_record(state["step"], sums, n_tokens, roll_stats, grad_norm, scheduler, t_gen, t_fb, t_opt,
                                   finite, len(rolled))
             metrics_log.write(record)
+            metrics_log.write_sample(state["step"], rolled.ids[0],
+                                     tokenizer.decode(rolled.completions[0], skip_special_tokens=True))
             progress.update(bar, advance=1, description=f"training  loss {record['loss']:.4f}")
             if state["bad_in_a_row"] >= cfg.optim.max_bad_steps:
                 metrics_log.close()
@@ -321,11 +324,13 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     if cfg.eval.after:
         after = evaluate(model, tokenizer, task, eval_examples, max_new_tokens=cfg.eval.max_new_tokens,
                          batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description="eval (tuned)",
-                         show_progress=show_progress)
+                         show_progress=show_progress, retention=cfg.model.finetune == "lora")
         save_eval(after, run_dir / "eval" / "after.json")
     summary = {"recipe": cfg.recipe, "task": cfg.data.task, "model": cfg.model.name, "steps": state["step"],
                "skipped_steps": state["skipped_steps"], "data": report.as_dict(),
-               "seconds": time.perf_counter() - t_start, "device": str(device), "peak_memory_gb": peak_memory_gb(),
+               "seconds": time.perf_counter() - t_start, "device": str(device), "peak_memory_gb": max(
+                   [peak_memory_gb()] + [e["aggregate"].get("resources", {}).get("process_peak_memory_gb", 0.0)
+                                         for e in (before, after) if e]),
                "run_dir": str(run_dir),
                "before": before["aggregate"] if before else None, "after": after["aggregate"] if after else None}
     write_json(run_dir / "summary.json", summary)
@@ -336,6 +341,16 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     except ImportError:  # matplotlib is a dependency, but a broken install should not lose the run
         pass
     return RunResult(run_dir, state["step"], before, after, summary)
+
+
+def check_can_score(task, cfg: RunConfig) -> None:
+    """Code tasks need the sandbox opt-in to be scored; say so before any model time is spent."""
+    if (cfg.eval.before or cfg.eval.after) and getattr(task, "execute", True) is False:
+        from unisd.config.schema import ConfigError
+
+        raise ConfigError(f"task {cfg.data.task!r} is scored by running model-written code; pass --execute-code "
+                          "(eval.execute_code=true) to allow it in the sandbox, or set eval.before=false and "
+                          "eval.after=false to train without evaluating")
 
 
 def task_options(cfg: RunConfig) -> dict[str, Any]:

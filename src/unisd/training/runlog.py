@@ -70,21 +70,31 @@ def fingerprint() -> dict[str, Any]:
     return info
 
 
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the lines of steps <= last_step (the resumed checkpoint); drop a line cut mid-write."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            break
+    path.write_text("".join(k + "\n" for k in kept))
+
+
 class MetricsLog:
     """Appends step records to metrics.jsonl (and optional TensorBoard / W&B)."""
 
     def __init__(self, run_dir: str | Path, loggers: list[str], *, truncate_after: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
-        if self.path.exists():
-            kept = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= truncate_after:
-                        kept.append(line)
-                except json.JSONDecodeError:  # a line cut by a crash mid-write
-                    break
-            self.path.write_text("".join(k + "\n" for k in kept))
+        samples_path = Path(run_dir) / "samples.jsonl"
+        for path in (self.path, samples_path):
+            _truncate_jsonl(path, truncate_after)
         self.fh = open(self.path, "a")
+        # one sampled completion per step, to read what the student is learning to say
+        self.samples = open(samples_path, "a")
         self.tb = self.wandb = None
         if "tensorboard" in loggers:
             try:
@@ -110,8 +120,13 @@ class MetricsLog:
         if self.wandb is not None:
             self.wandb.log(scalars, step=record["step"])
 
+    def write_sample(self, step: int, example_id: str, completion: str) -> None:
+        self.samples.write(json.dumps({"step": step, "id": example_id, "completion": completion}) + "\n")
+        self.samples.flush()
+
     def close(self) -> None:
         self.fh.close()
+        self.samples.close()
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
