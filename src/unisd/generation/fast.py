@@ -1,0 +1,513 @@
+"""The fast backend: our own decode loop over transformers' `StaticCache`, one CUDA graph per step.
+
+How a batch is decoded:
+1. Prompts are left-padded into a batch of a bucketed size (filler rows are born finished) and
+   prefilled once, eagerly, into a `StaticCache` of a bucketed length L. Slot s of the cache holds
+   the s-th column of the padded sequence for every row, so all rows write the same slot each step.
+2. Each decode step - mark the new slot in the [B, L] attention mask, advance the position ids,
+   run the model on one token per row, sample on the device, write the token, update `finished` -
+   touches only preallocated buffers. On CUDA the step is captured once into a `torch.cuda.CUDAGraph`
+   (after a warm-up on a side stream) and replayed; the model forward inside it is compiled with
+   `torch.compile` to fuse its small kernels. On CPU the same function runs eagerly, so the CPU tests
+   check the logic that the graph replays.
+3. The host syncs only every `check_every` steps, to stop once every row is finished and, when at
+   most half the rows are still running, to compact: alive rows move to the front of every buffer
+   and of the KV cache, and the loop continues with the graph of the smaller bucket, whose buffers
+   and cache are views of the first rows of the big ones (no new memory).
+
+Greedy outputs equal HF `generate`: position ids are HF's (mask.cumsum - 1), the attention mask is
+the same 2D mask HF extends each step (transformers builds the 4D mask from it inside the step),
+and finished rows keep decoding pad tokens exactly as HF does. On GPU the compiled forward fuses
+ops differently from eager, so bf16 logits differ in the last bits and near-ties can flip; exact
+agreement is a float32 property.
+
+Graphs, buffers and caches are kept per (batch bucket, cache length) and reused across calls, as
+long as the model's parameter tensors are the same objects in memory: in-place updates (optimizer
+steps, LoRA training) are seen by the graph, but reallocating parameters (`.to(...)`, loading a
+new state dict by assignment) or switching adapters on or off drops every graph, which is then
+re-captured. Only full-attention decoder models are supported (no sliding-window cache layers);
+attention implementations "sdpa" and "eager" are the ones checked. While it decodes, an "sdpa" model
+is switched to `GROUPED_SDPA` (registered with transformers' AttentionInterface), which avoids HF
+materialising K/V per query head at every step; the model's config is restored afterwards.
+
+Cost and speed (H200, SmolLM2-135M architecture, bf16, 128 new tokens; benchmarks/results/
+generation_h200.json): the first call per dtype compiles the forward (about a minute); then batch 64
+runs at ~32k tok/s (HF generate: 2.3k default cache, 15k static), 512 at ~122k. At small batch the
+step is bound by kernel count (~500 per step), not memory bandwidth.
+
+Shapes: B batch rows (bucketed), P prompt width, L cache length, T max new tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from unisd.generation._util import (check_params, cut_at_eos, left_pad, model_device, position_ids_from_mask,
+                                    seeded, unwrap_model)
+from unisd.generation.base import SamplingParams
+
+_MAX_EOS = 8  # eos ids live in a fixed-size buffer (padded with -1) so graphs do not depend on their count
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def batch_bucket(n: int, min_bucket: int) -> int:
+    """Rows a batch of `n` is padded to: a power of two up to 64, then a multiple of 64."""
+    n = max(n, min_bucket)
+    return 1 << (n - 1).bit_length() if n <= 64 else _round_up(n, 64)
+
+
+# ----- the pieces of one decode step (run eagerly, or captured into a graph) ---------------------
+
+def _forward_last_logits(model: torch.nn.Module, cache_kwargs: dict[str, Any], input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Float32 logits of the last position, [B, V]. `cache_kwargs` is {"cache"|"past_key_values": cache}."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=True, **cache_kwargs)
+    return out.logits[:, -1, :].float()
+
+
+GROUPED_SDPA = "unisd_grouped_sdpa"
+"""Attention implementation name FastGenerator switches "sdpa" models to while it decodes."""
+
+
+def _register_grouped_sdpa() -> None:
+    """Register `GROUPED_SDPA` with transformers (idempotent): attention as "sdpa" everywhere, except
+    one-token decoding with grouped KV heads and a mask, which skips HF's `repeat_kv`.
+
+    With a mask (needed for left padding and the static cache's unwritten slots), HF's sdpa path cannot
+    use SDPA's `enable_gqa` and instead materialises K and V for every query head: [B, H, L, D] per
+    layer per step, several times the KV cache in memory traffic. For one query token the query heads
+    sharing a KV head can instead be laid along SDPA's query-length axis: q [B, H_kv, G, D] against
+    K/V [B, H_kv, L, D] - the same dot products and softmax, no copy.
+    """
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+
+    if GROUPED_SDPA in AttentionInterface._global_mapping:
+        return
+
+    def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                     **kwargs):
+        batch, heads, q_len, head_dim = query.shape
+        kv_heads = key.shape[1]
+        special = any(kwargs.get(k) is not None
+                      for k in ("softcap", "sliding_window", "position_bias", "s_aux", "sinks"))
+        if q_len != 1 or kv_heads == heads or attention_mask is None or special:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                          scaling=scaling, is_causal=is_causal, **kwargs)
+        # query head h uses KV head h // G (HF's repeat_kv order), so [B, H, 1, D] -> [B, H_kv, G, D]
+        grouped = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+        out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask,
+                                                               dropout_p=dropout, scale=scaling)
+        return out.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None  # [B, 1, H, D]
+
+    def decode_float_mask(*args, **kwargs):
+        """sdpa's boolean mask; for one-token decoding converted once per forward to the additive float
+        mask SDPA would otherwise build from it in every layer (same values: 0 or -inf)."""
+        mask = sdpa_mask(*args, **kwargs)
+        dtype = kwargs.get("dtype")
+        if mask is None or mask.dtype != torch.bool or kwargs.get("q_length") != 1 or dtype is None:
+            return mask
+        zero = torch.zeros((), dtype=dtype, device=mask.device)
+        return torch.where(mask, zero, torch.full((), float("-inf"), dtype=dtype, device=mask.device))
+
+    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa)
+    AttentionMaskInterface.register(GROUPED_SDPA, decode_float_mask)
+
+
+@contextlib.contextmanager
+def _grouped_attention(base: torch.nn.Module) -> Iterator[None]:
+    """Switch an "sdpa" model to `GROUPED_SDPA` for the duration (restored even on errors)."""
+    config = base.config
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    _register_grouped_sdpa()
+    config._attn_implementation = GROUPED_SDPA
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+
+
+def _exponential_race(logits: torch.Tensor) -> torch.Tensor:
+    """One categorical sample per row from softmax(logits), without a host sync: argmax p_i / E_i with
+    E_i ~ Exp(1) picks i with probability p_i (gpt-fast's multinomial_sample_one_no_sync)."""
+    probs = logits.softmax(-1)
+    noise = torch.empty_like(probs).exponential_().clamp_min_(torch.finfo(probs.dtype).tiny)
+    return (probs / noise).argmax(-1)
+
+
+def sample_tokens(logits: torch.Tensor, mode: str, temperature: torch.Tensor,
+                  top_p: torch.Tensor) -> torch.Tensor:
+    """Next token per row, [B, V] float32 -> [B] long.
+
+    mode "greedy": argmax (HF's greedy). "sample": softmax(logits / temperature). "top_p": the same,
+    restricted to the smallest set of most likely tokens whose mass reaches top_p (HF's TopPLogitsWarper:
+    a token is dropped when the mass strictly above it is already >= top_p; the top token always stays).
+    """
+    if mode == "greedy":
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if mode == "sample":
+        return _exponential_race(logits)
+    sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    mass_above = probs.cumsum(-1) - probs  # exactly 0 for the top token
+    sorted_logits = sorted_logits.masked_fill(mass_above >= top_p, float("-inf"))
+    choice = _exponential_race(sorted_logits)
+    return sorted_idx.gather(-1, choice[:, None]).squeeze(-1)
+
+
+def _sampling_mode(params: SamplingParams) -> str:
+    if params.temperature == 0:
+        return "greedy"
+    return "sample" if params.top_p >= 1 else "top_p"
+
+
+def _adapter_state(base: torch.nn.Module) -> tuple:
+    """On/off, active names and merged flag of every peft adapter layer: the graph bakes these in."""
+    state = []
+    for m in base.modules():
+        active = getattr(m, "active_adapters", None)  # a property on peft layers (a method on HF models)
+        if active is None or callable(active):
+            continue
+        state.append((bool(getattr(m, "disable_adapters", False)), tuple(active),
+                      bool(getattr(m, "merged", False))))
+    return tuple(state)
+
+
+# ----- per-shape state ---------------------------------------------------------------------------
+
+@dataclass
+class _Rows:
+    """The first `n` rows of a workspace: views of its buffers, and a cache over the same KV memory."""
+
+    n: int
+    cache: Any  # transformers StaticCache
+    tokens: torch.Tensor      # [n, 1] long: the token fed to the next step
+    positions: torch.Tensor   # [n, 1] long: its position id
+    mask: torch.Tensor        # [n, L] long: 1 for prompt tokens and written slots
+    finished: torch.Tensor    # [n] bool
+    out: torch.Tensor         # [n, L] long: generated tokens, column t = step t
+    row_ids: torch.Tensor     # [n] long: which input row each buffer row holds (compaction permutes)
+
+
+@dataclass
+class _Workspace:
+    """Everything one (batch bucket B, cache length L) needs; all tensors are allocated once."""
+
+    batch: int
+    cache_len: int
+    full: _Rows
+    slot: torch.Tensor         # [] long: cache slot the next step writes
+    step: torch.Tensor         # [] long: output column the next sample goes to
+    eos: torch.Tensor          # [_MAX_EOS] long, padded with -1
+    pad: torch.Tensor          # [] long
+    temperature: torch.Tensor  # [] float32
+    top_p: torch.Tensor        # [] float32
+    views: dict[int, _Rows] = field(default_factory=dict)
+    graphs: dict[tuple[int, str], Any] = field(default_factory=dict)
+    pool: Any = None
+    """CUDA graph memory pool shared by this workspace's graphs (they never run concurrently, and
+    keep nothing they produce in pool memory). Per workspace: a pool must not be reused once every
+    graph holding it has been freed."""
+
+    def rows(self, n: int) -> _Rows:
+        return self.full if n == self.batch else self.views[n]
+
+    def state(self) -> list[torch.Tensor]:
+        """The tensors a step mutates besides the KV cache contents."""
+        f = self.full
+        return [f.tokens, f.positions, f.mask, f.finished, f.out, f.row_ids, self.slot, self.step,
+                *(layer.cumulative_length for layer in f.cache.layers)]
+
+
+class FastGenerator:
+    """`Generator` with a static KV cache, on-device sampling and (on CUDA) a CUDA-graphed decode step.
+
+    Args:
+        compile: torch.compile the model forward inside the step (default: on CUDA only). If compiling
+            fails, the step falls back to the eager forward with a warning.
+        cuda_graph: capture the step in a CUDA graph (default: on CUDA).
+        check_every: steps between host syncs (stop when all rows are finished; maybe compact).
+        compact: move finished rows out of the running batch when at most half are still running.
+        min_bucket: smallest batch bucket (graphs are captured per bucket).
+        cache_len_multiple: the cache length (prompt width + max_new_tokens) is rounded up to this, so
+            calls with similar lengths reuse the same graphs.
+        max_batch: prompts decoded together at most; larger inputs are split (None: no limit).
+        max_workspaces: (bucket, length) shapes kept alive; the least recently used is freed.
+    """
+
+    def __init__(self, *, compile: bool | None = None, cuda_graph: bool | None = None, check_every: int = 8,
+                 compact: bool = True, min_bucket: int = 8, cache_len_multiple: int = 128,
+                 max_batch: int | None = None, max_workspaces: int = 4):
+        if check_every < 1 or min_bucket < 1 or cache_len_multiple < 1:
+            raise ValueError("check_every, min_bucket and cache_len_multiple must be >= 1")
+        self.compile = compile
+        self.cuda_graph = cuda_graph
+        self.check_every = check_every
+        self.compact = compact
+        self.min_bucket = min_bucket
+        self.cache_len_multiple = cache_len_multiple
+        self.max_batch = max_batch
+        self.max_workspaces = max_workspaces
+        self.last_stats: dict[str, Any] = {}
+        """Of the last call: decode steps run, compactions, graphs captured, buckets used."""
+        self._fingerprint: tuple | None = None
+        self._workspaces: OrderedDict[tuple[int, int], _Workspace] = OrderedDict()
+        self._forward: Callable[..., torch.Tensor] = _forward_last_logits
+        self._compiled = False
+
+    # ----- public API ------------------------------------------------------------------------------
+
+    def generate(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]], params: SamplingParams, *,
+                 eos_token_ids: Sequence[int], pad_token_id: int,
+                 rng: torch.Generator | None = None) -> list[list[int]]:
+        if not prompts:
+            return []
+        check_params(params, prompts)
+        if len(eos_token_ids) > _MAX_EOS:
+            raise ValueError(f"at most {_MAX_EOS} eos ids are supported, got {len(eos_token_ids)}")
+        base = unwrap_model(model)
+        device = model_device(base)
+        self._prepare(base, device)
+        self.last_stats = {"steps": 0, "compactions": 0, "graphs_captured": 0, "buckets": []}
+        chunk = self.max_batch or len(prompts)
+        out: list[list[int]] = []
+        with seeded(rng, device), torch.no_grad(), _grouped_attention(base):
+            for lo in range(0, len(prompts), chunk):
+                out.extend(self._generate_batch(base, device, prompts[lo:lo + chunk], params,
+                                                list(eos_token_ids), pad_token_id))
+        return out
+
+    def clear(self) -> None:
+        """Free every cached graph, KV cache and buffer."""
+        self._workspaces.clear()
+        self._fingerprint = None
+
+    # ----- setup -----------------------------------------------------------------------------------
+
+    def _prepare(self, base: torch.nn.Module, device: torch.device) -> None:
+        """Drop cached graphs when the model's parameters or adapter state changed; set up compile."""
+        fingerprint = (id(base), base.training, _adapter_state(base),
+                       tuple((p.data_ptr(), p.dtype, p.shape) for p in base.parameters()))
+        if fingerprint != self._fingerprint:
+            self._workspaces.clear()
+            self._fingerprint = fingerprint
+        on_cuda = device.type == "cuda"
+        use_compile = on_cuda if self.compile is None else self.compile
+        if use_compile and not self._compiled:
+            dynamo = torch._dynamo.config
+            # one compile per (dtype, cache length); batch buckets share it through a dynamic batch dim
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo, name):
+                    setattr(dynamo, name, max(getattr(dynamo, name), 64))
+            self._forward = torch.compile(_forward_last_logits)
+            self._compiled = True
+        self._use_graph = on_cuda if self.cuda_graph is None else (self.cuda_graph and on_cuda)
+        self._base = base
+        sig = inspect.signature(base.forward).parameters
+        self._cache_kw = "cache" if "cache" in sig else "past_key_values"  # renamed in transformers 5.2x
+        self._logits_kw = {"logits_to_keep": 1} if "logits_to_keep" in sig else {}
+
+    def _workspace(self, base: torch.nn.Module, device: torch.device, batch: int,
+                   cache_len: int) -> _Workspace:
+        key = (batch, cache_len)
+        if key in self._workspaces:
+            self._workspaces.move_to_end(key)
+            return self._workspaces[key]
+        while len(self._workspaces) >= self.max_workspaces:
+            self._workspaces.popitem(last=False)
+        from transformers import StaticCache
+
+        cache = StaticCache(config=base.config, max_cache_len=cache_len)
+        if any(getattr(layer, "is_sliding", False) or not hasattr(layer, "cumulative_length")
+               for layer in cache.layers):
+            raise NotImplementedError("FastGenerator supports full-attention models only; "
+                                      "use the 'hf' backend")
+        long = dict(dtype=torch.long, device=device)
+        full = _Rows(n=batch, cache=cache, tokens=torch.zeros((batch, 1), **long),
+                     positions=torch.zeros((batch, 1), **long), mask=torch.zeros((batch, cache_len), **long),
+                     finished=torch.zeros(batch, dtype=torch.bool, device=device),
+                     out=torch.zeros((batch, cache_len), **long), row_ids=torch.arange(batch, device=device))
+        ws = _Workspace(batch=batch, cache_len=cache_len, full=full, slot=torch.zeros((), **long),
+                        step=torch.zeros((), **long), eos=torch.full((_MAX_EOS,), -1, **long),
+                        pad=torch.zeros((), **long), temperature=torch.ones((), device=device),
+                        top_p=torch.ones((), device=device))
+        self._workspaces[key] = ws
+        return ws
+
+    def _rows_view(self, ws: _Workspace, n: int) -> _Rows:
+        """Rows [:n] of `ws`, with a StaticCache whose layers alias the first n rows of the full cache."""
+        if n == ws.batch or n in ws.views:
+            return ws.rows(n)
+        from transformers import StaticCache
+
+        f = ws.full
+        cache = StaticCache(config=self._base.config, max_cache_len=ws.cache_len)
+        for small, big in zip(cache.layers, f.cache.layers):
+            # sets dims and device (and allocates, replaced on the next line)
+            small.lazy_initialization(big.keys[:n], big.values[:n])
+            small.keys, small.values = big.keys[:n], big.values[:n]
+            small.cumulative_length = big.cumulative_length  # one write counter for all views
+        rows = _Rows(n=n, cache=cache, tokens=f.tokens[:n], positions=f.positions[:n], mask=f.mask[:n],
+                     finished=f.finished[:n], out=f.out[:n], row_ids=f.row_ids[:n])
+        self._mark_dynamic(rows)
+        ws.views[n] = rows
+        return rows
+
+    def _mark_dynamic(self, rows: _Rows) -> None:
+        """Let torch.compile treat the batch dim as dynamic, so buckets share one compiled forward."""
+        if not self._compiled:
+            return
+        for t in (rows.tokens, rows.positions, rows.mask, *(x for layer in rows.cache.layers
+                                                            for x in (layer.keys, layer.values))):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+
+    # ----- decoding --------------------------------------------------------------------------------
+
+    def _generate_batch(self, base: torch.nn.Module, device: torch.device, prompts: Sequence[Sequence[int]],
+                        params: SamplingParams, eos: list[int], pad: int) -> list[list[int]]:
+        mode = _sampling_mode(params)
+        batch = batch_bucket(len(prompts), self.min_bucket)
+        input_ids, prompt_mask = left_pad(prompts, pad, device, rows=batch)
+        width, new = input_ids.shape[1], params.max_new_tokens
+        ws = self._workspace(base, device, batch, _round_up(width + new, self.cache_len_multiple))
+        self.last_stats["buckets"].append(batch)
+
+        # reset the shared state and load the prompts
+        f = ws.full
+        for layer in f.cache.layers:
+            if layer.is_initialized:
+                layer.cumulative_length.zero_()
+        f.mask.zero_()
+        f.mask[:, :width] = prompt_mask
+        f.out.fill_(pad)
+        f.finished.copy_(torch.arange(batch, device=device) >= len(prompts))
+        f.row_ids.copy_(torch.arange(batch, device=device))
+        ws.slot.fill_(width)
+        ws.step.zero_()
+        ws.eos.fill_(-1)
+        ws.eos[:len(eos)] = torch.tensor(eos, dtype=torch.long)
+        ws.pad.fill_(pad)
+        ws.temperature.fill_(max(params.temperature, 1e-6))
+        ws.top_p.fill_(params.top_p)
+
+        # prefill (eager): HF builds the causal + padding mask from the 2D prompt mask
+        positions = position_ids_from_mask(prompt_mask)
+        logits = _forward_last_logits(base, {self._cache_kw: f.cache, **self._logits_kw}, input_ids,
+                                      prompt_mask, positions)
+        f.positions.copy_(positions[:, -1:])
+        self._mark_dynamic(f)
+        self._sample_and_record(ws, f, logits, mode)
+
+        n = batch
+        for step in range(1, new):
+            if step % self.check_every == 1 or self.check_every == 1:
+                alive = int((~ws.rows(n).finished).sum())  # host sync
+                if alive == 0:
+                    break
+                target = batch_bucket(alive, self.min_bucket)
+                if self.compact and target <= n // 2:
+                    self._compact(ws, n, target)
+                    n = target
+                    self.last_stats["compactions"] += 1
+            self._run_step(ws, n, mode)
+            self.last_stats["steps"] += 1
+
+        out = f.out[:, :new].tolist()
+        row_ids = f.row_ids.tolist()
+        by_row: list[list[int]] = [[] for _ in range(batch)]
+        for i, r in enumerate(row_ids):
+            by_row[r] = out[i]
+        return [cut_at_eos(row, eos, new) for row in by_row[:len(prompts)]]
+
+    def _compact(self, ws: _Workspace, n: int, m: int) -> None:
+        """Permute rows [:n] so running rows come first, then continue on rows [:m] (m >= running rows).
+        Finished rows keep their outputs further down; their KV entries are no longer needed."""
+        f = ws.full
+        order = torch.argsort(f.finished[:n].int(), stable=True)
+        for buf in (f.tokens, f.positions, f.mask, f.finished, f.out, f.row_ids):
+            buf[:n] = buf[:n][order]
+        keep = order[:m]
+        for layer in f.cache.layers:
+            layer.keys[:m] = layer.keys[:n].index_select(0, keep)
+            layer.values[:m] = layer.values[:n].index_select(0, keep)
+
+    def _decode_step(self, ws: _Workspace, rows: _Rows, mode: str) -> None:
+        """One token for rows [:n]: everything here reads and writes preallocated tensors only."""
+        rows.mask.index_fill_(1, ws.slot.view(1), 1)
+        rows.positions.add_(1)
+        logits = self._forward(self._base, {self._cache_kw: rows.cache}, rows.tokens, rows.mask,
+                               rows.positions)
+        ws.slot.add_(1)
+        self._sample_and_record(ws, rows, logits, mode)
+
+    def _sample_and_record(self, ws: _Workspace, rows: _Rows, logits: torch.Tensor, mode: str) -> None:
+        tokens = sample_tokens(logits, mode, ws.temperature, ws.top_p)
+        tokens = torch.where(rows.finished, ws.pad, tokens)  # finished rows emit pad, as HF does
+        rows.out.index_copy_(1, ws.step.view(1), tokens[:, None])
+        rows.finished |= (tokens[:, None] == ws.eos[None, :]).any(-1)
+        rows.tokens.copy_(tokens[:, None])
+        ws.step.add_(1)
+
+    def _run_step(self, ws: _Workspace, n: int, mode: str) -> None:
+        rows = self._rows_view(ws, n)
+        if not self._use_graph:
+            self._decode_step(ws, rows, mode)
+            return
+        graph = ws.graphs.get((n, mode))
+        if graph is None:
+            graph = self._capture(ws, rows, mode)
+            ws.graphs[(n, mode)] = graph
+        graph.replay()
+
+    def _capture(self, ws: _Workspace, rows: _Rows, mode: str) -> Any:
+        """Warm up on a side stream (compiles; state restored after each run), then capture one step."""
+        saved = [t.clone() for t in ws.state()]
+
+        def restore() -> None:
+            for t, s in zip(ws.state(), saved):
+                t.copy_(s)
+
+        device = ws.slot.device
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.random.fork_rng(devices=[device]):  # warm-ups must not consume the caller's randomness
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    try:
+                        self._decode_step(ws, rows, mode)
+                    except Exception as err:  # noqa: BLE001 - any compile failure: fall back to eager
+                        if self._forward is _forward_last_logits:
+                            raise
+                        import warnings
+
+                        warnings.warn(f"torch.compile of the decode step failed "
+                                      f"({type(err).__name__}: {err}); "
+                                      "falling back to the eager forward", stacklevel=3)
+                        self._forward = _forward_last_logits
+                        self.compile = False
+                        restore()
+                        self._decode_step(ws, rows, mode)
+                    restore()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            if ws.pool is None:
+                ws.pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=ws.pool):
+                self._decode_step(ws, rows, mode)
+        restore()
+        self.last_stats["graphs_captured"] += 1
+        return graph

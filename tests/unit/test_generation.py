@@ -1,0 +1,310 @@
+"""Generator backends on a tiny random Llama (CPU): parity against a naive no-cache loop.
+
+FastGenerator runs its decode step eagerly on CPU - the same function that is CUDA-graphed on GPU -
+so these tests check its cache slots, position ids, masks, EOS handling and batch compaction.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from unisd.generation import GENERATORS, get_generator
+from unisd.generation._util import cut_at_eos, left_pad
+from unisd.generation.base import SamplingParams
+from unisd.generation.fast import FastGenerator, batch_bucket, sample_tokens
+from unisd.generation.hf import HFGenerator
+
+PAD = 0
+LENGTHS = (3, 7, 5, 1, 9, 4, 6)  # different lengths: left padding matters
+
+
+def _tiny_llama(attn: str = "sdpa"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      attn_implementation=attn)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(3, 128, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+def fast_gen(**kw) -> FastGenerator:
+    # small buckets and a sync every step, so compaction triggers on tiny batches
+    return FastGenerator(**{"min_bucket": 1, "check_every": 1, "cache_len_multiple": 16, **kw})
+
+
+@torch.no_grad()
+def naive_greedy(model, prompts, max_new, eos):
+    """Reference: full forward over the whole left-padded sequence each step, no cache."""
+    ids, mask = left_pad(prompts, PAD, torch.device("cpu"))
+    done = torch.zeros(len(prompts), dtype=torch.bool)
+    out = []
+    for _ in range(max_new):
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1]
+        tok = torch.where(done, PAD, logits.argmax(-1))
+        done |= torch.isin(tok, torch.tensor(eos, dtype=torch.long))
+        out.append(tok)
+        ids = torch.cat([ids, tok[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        if done.all():
+            break
+    rows = torch.stack(out, 1).tolist()
+    return [cut_at_eos(r, eos, max_new) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def stop_token(model, prompts):
+    """An EOS that greedy decoding emits mid-way in some rows but not in others."""
+    free = naive_greedy(model, prompts, 16, eos=[])
+    counts = {}
+    for row in free:
+        for tok in set(row[2:]):
+            counts[tok] = counts.get(tok, 0) + 1
+    tok = max(counts, key=lambda t: (0 < counts[t] < len(prompts), counts[t]))
+    assert 0 < counts[tok] < len(prompts)
+    return tok
+
+
+GREEDY = SamplingParams(max_new_tokens=16, temperature=0.0)
+
+
+# ----- greedy parity -----------------------------------------------------------------------------
+
+def test_greedy_hf_fast_and_naive_agree(model, prompts, stop_token):
+    ref = naive_greedy(model, prompts, 16, eos=[stop_token])
+    assert {len(r) for r in ref} != {16}, "some rows should stop early"
+    assert any(len(r) == 16 for r in ref), "some rows should run to the limit"
+    hf = HFGenerator().generate(model, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD)
+    fast = fast_gen(compact=False).generate(model, prompts, GREEDY, eos_token_ids=[stop_token],
+                                            pad_token_id=PAD)
+    assert hf == ref
+    assert fast == ref
+
+
+def test_fast_compaction_keeps_outputs(model, prompts, stop_token):
+    ref = naive_greedy(model, prompts, 16, eos=[stop_token])
+    gen = fast_gen()
+    assert gen.generate(model, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD) == ref
+    assert gen.last_stats["compactions"] >= 1
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_fast_matches_hf_per_attention_implementation(attn, prompts):
+    m = _tiny_llama(attn)
+    hf = HFGenerator().generate(m, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD)
+    assert fast_gen().generate(m, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == hf
+
+
+def test_fast_reuses_workspaces_across_calls_and_batch_splits(model, prompts, stop_token):
+    gen = fast_gen(max_workspaces=2)
+    eos = [stop_token]
+    for subset in (prompts, prompts[:3], prompts[2:], prompts):  # new and reused (bucket, length) shapes
+        assert gen.generate(model, subset, GREEDY, eos_token_ids=eos, pad_token_id=PAD) == \
+            naive_greedy(model, subset, 16, eos)
+    split = fast_gen(max_batch=3).generate(model, prompts, GREEDY, eos_token_ids=eos, pad_token_id=PAD)
+    assert split == naive_greedy(model, prompts, 16, eos)
+
+
+@pytest.mark.parametrize("name", ["hf", "fast"])
+def test_length_limit_and_eos_cut(name, model, prompts, stop_token):
+    gen = fast_gen() if name == "fast" else HFGenerator()
+    for max_new in (1, 5):
+        params = SamplingParams(max_new_tokens=max_new, temperature=0.0)
+        outs = gen.generate(model, prompts, params, eos_token_ids=[stop_token], pad_token_id=PAD)
+        assert all(1 <= len(o) <= max_new for o in outs)
+    outs = gen.generate(model, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD)
+    for o in outs:
+        assert stop_token not in o[:-1]  # EOS only ever last
+        assert len(o) == 16 or o[-1] == stop_token
+
+
+def test_no_eos_runs_to_the_limit(model, prompts):
+    for gen in (HFGenerator(), fast_gen()):
+        outs = gen.generate(model, prompts, GREEDY, eos_token_ids=[], pad_token_id=PAD)
+        assert [len(o) for o in outs] == [16] * len(prompts)
+
+
+# ----- sampling ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["hf", "fast"])
+def test_sampling_reproducible_with_seeded_rng(name, model, prompts):
+    gen = fast_gen() if name == "fast" else HFGenerator()
+    params = SamplingParams(max_new_tokens=12, temperature=1.3, top_p=0.9)
+
+    def run(seed):
+        return gen.generate(model, prompts, params, eos_token_ids=[2], pad_token_id=PAD,
+                            rng=torch.Generator().manual_seed(seed))
+
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    a, b, c = run(7), run(7), run(8)
+    torch.manual_seed(123)
+    assert torch.equal(before, torch.rand(1)), "the global RNG is restored"
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("name", ["hf", "fast"])
+def test_tiny_top_p_is_greedy(name, model, prompts):
+    gen = fast_gen() if name == "fast" else HFGenerator()
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=1e-6)
+    outs = gen.generate(model, prompts, params, eos_token_ids=[2], pad_token_id=PAD,
+                        rng=torch.Generator().manual_seed(0))
+    assert outs == naive_greedy(model, prompts, 16, eos=[2])
+
+
+@torch.no_grad()
+def test_fast_samples_stay_in_the_nucleus(model, prompts):
+    top_p = 0.3
+    params = SamplingParams(max_new_tokens=10, temperature=2.0, top_p=top_p)
+    outs = fast_gen().generate(model, prompts, params, eos_token_ids=[], pad_token_id=PAD,
+                               rng=torch.Generator().manual_seed(3))
+    for prompt, out in zip(prompts, outs):
+        seq = torch.tensor([prompt + out])
+        probs = (model(input_ids=seq).logits[0, len(prompt) - 1:-1] / 2.0).softmax(-1)
+        for step, tok in enumerate(out):
+            p = probs[step]
+            mass_above = p[p > p[tok]].sum()
+            assert mass_above < top_p + 1e-5, f"token {tok} is outside the top-{top_p} nucleus"
+
+
+def test_sample_tokens_distribution_and_top_p():
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).repeat(20000, 1)
+    one, half = torch.tensor(1.0), torch.tensor(0.7)
+    freq = torch.bincount(sample_tokens(logits, "sample", one, one), minlength=4).float() / 20000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
+    # top_p=0.7: mass above token 1 is 0.5 < 0.7 (kept), above token 2 is 0.8 (dropped)
+    freq = torch.bincount(sample_tokens(logits, "top_p", one, half), minlength=4).float() / 20000
+    assert freq[2:].sum() == 0
+    assert torch.allclose(freq[:2], torch.tensor([0.625, 0.375]), atol=0.015)
+    assert sample_tokens(logits[:3], "greedy", one, one).tolist() == [0, 0, 0]
+
+
+# ----- peft --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lora_model():
+    from peft import LoraConfig, get_peft_model
+
+    base = _tiny_llama()
+    torch.manual_seed(5)
+    cfg = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                     init_lora_weights=False)  # random B, so the adapter changes outputs
+    return get_peft_model(base, cfg).eval()
+
+
+def test_lora_model_in_both_backends(lora_model, model, prompts):
+    ref = naive_greedy(lora_model, prompts, 16, eos=[2])
+    assert ref != naive_greedy(model, prompts, 16, eos=[2]), "the adapter should matter"
+    gen = fast_gen()
+    assert HFGenerator().generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == ref
+    assert gen.generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == ref
+    with lora_model.disable_adapter():  # adapter state is part of the cache key
+        base_ref = naive_greedy(lora_model, prompts, 16, eos=[2])
+        assert gen.generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == base_ref
+
+
+def test_lora_in_place_update_is_seen(prompts):
+    from peft import LoraConfig, get_peft_model
+
+    m = get_peft_model(_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False)).eval()
+    gen = fast_gen()
+    gen.generate(m, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD)
+    with torch.no_grad():  # what an optimizer step does: same tensors, new values
+        for name, p in m.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-3.0)
+    assert gen.generate(m, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == \
+        naive_greedy(m, prompts, 16, eos=[2])
+
+
+# ----- plumbing ----------------------------------------------------------------------------------
+
+def test_get_generator_names():
+    assert set(GENERATORS) == {"hf", "fast", "vllm"}
+    assert isinstance(get_generator("auto", torch.device("cpu")), HFGenerator)
+    assert isinstance(get_generator("fast", "cpu"), FastGenerator)
+    with pytest.raises(ValueError, match="unknown generator"):
+        get_generator("nope")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+def test_vllm_missing_names_the_extra(model, prompts):
+    gen = get_generator("vllm", model_path="x")
+    with pytest.raises(ImportError, match=r"pip install unisd\[vllm\]"):
+        gen.generate(model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD)
+
+
+def test_helpers():
+    assert cut_at_eos([5, 2, 7, 2], [2], 10) == [5, 2]
+    assert cut_at_eos([5, 6, 7], [2], 2) == [5, 6]
+    ids, mask = left_pad([[4, 5], [6]], PAD, torch.device("cpu"), rows=3)
+    assert ids.tolist() == [[4, 5], [PAD, 6], [PAD, PAD]]
+    assert mask.tolist() == [[1, 1], [0, 1], [0, 1]]
+    assert [batch_bucket(n, 8) for n in (1, 9, 64, 65, 200)] == [8, 16, 64, 128, 256]
+    for bad in (SamplingParams(max_new_tokens=0), SamplingParams(temperature=-1), SamplingParams(top_p=0)):
+        with pytest.raises(ValueError):
+            fast_gen().generate(None, [[1]], bad, eos_token_ids=[2], pad_token_id=PAD)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_greedy_matches_hf(prompts, stop_token):
+    m = _tiny_llama().cuda()
+    hf = HFGenerator().generate(m, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD)
+    for compile_ in (False, True):
+        gen = FastGenerator(compile=compile_, min_bucket=1, check_every=2)
+        assert gen.generate(m, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD) == hf
+        assert gen.last_stats["graphs_captured"] >= 1
+
+
+def test_grouped_sdpa_matches_hf_sdpa():
+    """The decode-time attention FastGenerator switches to equals HF's sdpa (repeat_kv) on one query token."""
+    from types import SimpleNamespace
+
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from unisd.generation.fast import GROUPED_SDPA, _register_grouped_sdpa
+
+    _register_grouped_sdpa()
+    grouped = AttentionInterface._global_mapping[GROUPED_SDPA]
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    q, k, v = torch.randn(4, 6, 1, 8), torch.randn(4, 2, 10, 8), torch.randn(4, 2, 10, 8)
+    mask = torch.rand(4, 1, 1, 10) > 0.3
+    mask[..., 0] = True
+    ours, _ = grouped(module, q, k, v, mask, scaling=0.3)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    assert ours.shape == ref.shape == (4, 1, 6, 8)
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_attention_switch_is_restored(model, prompts):
+    seen = []
+    hook = model.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda mod, args: seen.append(mod.config._attn_implementation))
+    try:
+        fast_gen().generate(model, prompts, SamplingParams(max_new_tokens=3, temperature=0.0),
+                            eos_token_ids=[2], pad_token_id=PAD)
+    finally:
+        hook.remove()
+    assert set(seen) == {"unisd_grouped_sdpa"}
+    assert model.config._attn_implementation == "sdpa"
