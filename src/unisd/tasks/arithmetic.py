@@ -40,7 +40,8 @@ class ArithmeticTask:
         if op == "-" and b > a:
             a, b = b, a
         result = a + b if op == "+" else a - b
-        prompt = f"What is {a} {op} {b}? Finish with a final line of the form '#### <number>'."
+        prompt = (f"What is {a} {op} {b}? Write the calculation on one line, then finish with a final line "
+                  f"of the form '#### <number>'.")
         demonstration = f"{a} {op} {b} = {result}\n#### {result}"
         return Example(id=f"{split}-{index}", prompt=prompt, answer=str(result), demonstration=demonstration)
 
