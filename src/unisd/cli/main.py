@@ -1,8 +1,9 @@
-"""The `unisd` command line: train, eval, quickstart, export, and listings.
+"""The `unisd` command line: train, eval, quickstart, export, sweep, report, and listings.
 
 Each subcommand parses its flags, builds a RunConfig (recipe + --config file + --set overrides)
-and calls the library; user errors (bad config, missing data, unknown names) print one clear
-message and exit with status 2 instead of a traceback.
+and calls the library; user errors (bad config, missing or malformed data, unknown names, a
+model that cannot be loaded, a run stopped by the non-finite guard or out of GPU memory) print one
+clear message and exit with status 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def cmd_eval(args) -> int:
         cfg.eval.split = args.split
     if args.limit is not None:
         cfg.eval.limit = args.limit if args.limit > 0 else None
+    # the task and its data first: a bad name or file fails before the model loads
+    task = get_task(cfg.data.task, **task_options(cfg))
+    examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit, seed=cfg.optim.seed)
     device = pick_device()
     model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
     label = "base"
@@ -111,8 +115,6 @@ def cmd_eval(args) -> int:
             base_model, _ = load_model_and_tokenizer(cfg.model, device=device)
         load_weights(model, last / "weights")
         label = f"{Path(args.adapter).name}@{last.name}"
-    task = get_task(cfg.data.task, **task_options(cfg))
-    examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit, seed=cfg.optim.seed)
     result = evaluate(model, tokenizer, task, examples, max_new_tokens=cfg.eval.max_new_tokens,
                       batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description=f"eval {label}",
                       retention=retention, base_model=base_model)
@@ -176,6 +178,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from unisd.training.sweep import print_progress, run_sweep
+
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    cells = run_sweep(args.sweep_file, devices=devices)
+    print_progress(cells)
+    return 1 if any(c.status.startswith("failed") for c in cells) else 0
+
+
+def cmd_report(args) -> int:
+    from unisd.reporting.report import build_report
+
+    result = build_report(args.run_dirs, args.out, focus=args.focus)
+    for row in result["paired"]:
+        print(f"{row['task']} / {row['model']}: {row['focus']} vs {row['other']}: "
+              f"{100 * row['diff']:+.1f} points [{100 * row['ci_lo']:+.1f}, {100 * row['ci_hi']:+.1f}] "
+              f"(n={row['n']}), {row['verdict']}")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    flagged = [r["run"] for r in result["collapse"] if r["collapse"]]
+    if flagged:
+        print(f"collapse watch flagged: {', '.join(flagged)}")
+    print(f"{len(result['runs'])} runs -> {', '.join(str(f) for f in result['files'])}")
+    return 0
+
+
 def cmd_recipes(args) -> int:
     from unisd.config import recipe_dict, recipe_names
 
@@ -192,7 +220,8 @@ def cmd_tasks(args) -> int:
         try:
             task = get_task(name)
             doc = (sys.modules[type(task).__module__].__doc__ or "").strip().splitlines()[0]
-            print(f"{name:<11} splits: {', '.join(task.splits):<28} {doc}")
+            splits = ", ".join(task.splits)
+            print(f"{name:<11} {splits:<34} {doc if len(doc) <= 90 else doc[:87] + '...'}")
         except Exception as err:  # a task module that fails to import should not hide the others
             print(f"{name:<11} (unavailable: {err})")
     return 0
@@ -272,6 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.set_defaults(fn=cmd_export)
 
+    p = sub.add_parser("sweep", help="train a grid of recipes x tasks x models x seeds (resumable)")
+    p.add_argument("sweep_file", help="YAML: lists recipes, tasks, models, seeds; optional set:, root:")
+    p.add_argument("--devices", help="comma-separated GPU ids, e.g. 0,1: one `unisd train` child per device "
+                                     "(CUDA_VISIBLE_DEVICES); default: one cell after another in-process")
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("report", help="report.md, results.csv and plots from run directories")
+    p.add_argument("run_dirs", nargs="+",
+                   help="run directories, or folders searched for them (e.g. a sweep root)")
+    p.add_argument("--out", default="report", help="output folder (default ./report)")
+    p.add_argument("--focus", default="unisd_star", help="method compared against the strongest other one "
+                                                         "(default unisd_star)")
+    p.set_defaults(fn=cmd_report)
+
     sub.add_parser("recipes", help="list the recipes").set_defaults(fn=cmd_recipes)
     sub.add_parser("tasks", help="list the tasks").set_defaults(fn=cmd_tasks)
     sub.add_parser("models", help="list packaged model aliases and whether they are installed").set_defaults(fn=cmd_models)
@@ -280,16 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from unisd.config.schema import ConfigError
+    from unisd.errors import ModelNotInstalledError, ResourceError, TrainingStopped, UnknownNameError
+    from unisd.models.loading import ModelLoadError
     from unisd.tasks.base import DataError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    # Only errors the user can fix: any other exception (a plain KeyError included) is a bug and
+    # keeps its traceback.
+    except (ConfigError, DataError, FileNotFoundError, ModelLoadError, ModelNotInstalledError, UnknownNameError,
+            TrainingStopped, ResourceError) as err:
         print(f"unisd {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyError as err:  # unknown task / alias / recipe names
-        print(f"unisd {args.command}: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
 
 

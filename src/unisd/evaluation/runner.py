@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
+from unisd.errors import ResourceError
 from unisd.evaluation.loglik import score_options
 from unisd.evaluation.resources import ResourceMeter
 from unisd.evaluation.retention import retention_metrics
@@ -75,6 +76,9 @@ def evaluate(model: torch.nn.Module, tokenizer, task: Task, examples: Sequence[E
     tokens/s, peak memory, NVML energy or None) for the whole call, generation plus cloze and
     retention, with the seconds of each part. On CUDA the peak-memory counter is reset on entry;
     "process_peak_memory_gb" keeps the maximum with the peak before the call.
+
+    Raises:
+        ResourceError: out of GPU memory; the message names eval.batch_size and eval.max_new_tokens.
     """
     device = next(model.parameters()).device
     generator = get_generator(backend, device)
@@ -131,6 +135,10 @@ def evaluate(model: torch.nn.Module, tokenizer, task: Task, examples: Sequence[E
                 for it, row in zip(items, ret.pop("per_example")):
                     it["retention"] = row
             retention_s = time.perf_counter() - t0
+    except torch.OutOfMemoryError as err:
+        # batch_size and max_new_tokens are eval.batch_size / eval.max_new_tokens in the run config.
+        raise ResourceError(f"out of GPU memory during {description}; lower eval.batch_size (now {batch_size}) "
+                            f"or eval.max_new_tokens (now {max_new_tokens})") from err
     finally:
         if was_training:
             model.train()

@@ -71,7 +71,8 @@ def resolve(name: str) -> Path:
     fetched with huggingface_hub (the hub cache is reused offline).
 
     Raises:
-        KeyError: an alias-like name (no '/', not an existing path) that is not a packaged alias.
+        UnknownNameError (a KeyError): an alias-like name (no '/', not an existing path) that is not
+            a packaged alias; the message lists the aliases.
         ModuleNotFoundError: the alias's packages are not installed (the message has the pip command).
         FileNotFoundError: a path-like name that does not exist.
         ModelLoadError: a hub id that cannot be fetched, or a folder without a checkpoint.
@@ -91,7 +92,7 @@ def resolve(name: str) -> Path:
     if name.startswith(("/", ".", "~")) or name.endswith(".gguf") or "\\" in name:
         raise FileNotFoundError(f"model path {name!r} does not exist")
     if "/" not in name:
-        registry.get(name)  # raises KeyError listing the aliases
+        registry.get(name)  # raises UnknownNameError listing the aliases
     return _resolve_hub(name)
 
 

