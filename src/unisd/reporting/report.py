@@ -1,0 +1,244 @@
+"""`unisd report`: a Markdown report, a CSV and plots from run directories alone.
+
+`build_report(paths, out)` reads every run directory at or under `paths` (see `tables`) and
+writes into `out`: report.md (accuracy with CIs and seed spread, the focus method against the
+strongest other method, retention, cost, collapse watch), results.csv (one row per task, model
+and method) and accuracy.png, retention_vs_accuracy.png (when any run measured retention) and
+training_curves.png. It imports no training or model code, so a report can be rebuilt
+anywhere the folders are copied to.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from unisd.reporting import tables as T
+
+CSV_COLUMNS = ("task", "model", "method", "n_seeds", "seeds", "n", "accuracy", "ci_lo", "ci_hi", "seed_sd",
+               "seed_min", "seed_max", "ppl_ret_mean", "ppl_ret_corpus", "jsd_mean", "gold_fit_ppl_corpus",
+               "steps", "seconds", "tokens", "runs")
+"""results.csv columns; accuracies are fractions, retention and cost are means over the seeds."""
+
+
+def build_report(paths: Iterable[str | Path], out: str | Path = "report", *, focus: str = "unisd_star"
+                 ) -> dict[str, Any]:
+    """Write report.md, results.csv and the plots into `out`; returns the tables and the files."""
+    paths = list(paths)
+    runs = T.load_runs(paths)
+    if not runs:
+        raise FileNotFoundError(f"no run directories (a folder with config.yaml and summary.json) under "
+                                f"{', '.join(map(str, paths))}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    acc = T.accuracy_rows(runs)
+    paired, notes = T.paired_rows(runs, focus)
+    duplicates = T.duplicate_notes(runs)
+    ret, cost, collapse = T.retention_rows(runs), T.cost_rows(runs), T.collapse_rows(runs)
+    _write_csv(out / "results.csv", acc, ret, cost)
+    plots = [p for p in (plot_accuracy(acc, out / "accuracy.png"),
+                         plot_retention(ret, out / "retention_vs_accuracy.png"),
+                         plot_curves(runs, out / "training_curves.png")) if p is not None]
+    md = render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cost, collapse, plots)
+    (out / "report.md").write_text(md)
+    return {"runs": runs, "accuracy": acc, "paired": paired, "notes": duplicates + notes, "retention": ret,
+            "cost": cost, "collapse": collapse, "files": [out / "report.md", out / "results.csv", *plots]}
+
+
+# ---- formatting ----
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _pct(x: Any, digits: int = 1) -> str:
+    return "n/a" if _missing(x) else f"{100 * x:.{digits}f}"
+
+
+def _num(x: Any, fmt: str = ".3f") -> str:
+    return "n/a" if _missing(x) else format(x, fmt)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cost, collapse, plots) -> str:
+    parts = [f"# unisd report\n\n{len(runs)} run(s) read from {', '.join(f'`{p}`' for p in paths)}. "
+             "Every number comes from the run directories' files; none is estimated.\n"]
+
+    parts.append("## Accuracy\n\nAccuracy after training (%, the task's primary metric); `base` is the "
+                 "model before training (eval/before.json). Over several seeds: the mean of the seed "
+                 "accuracies, the sample standard deviation and range of those accuracies, and a 95% "
+                 "item-bootstrap interval over the pooled (seed, item) results; n is the number of items per "
+                 "seed.\n")
+    header = ["task", "model", "method", "accuracy", "95% CI", "seeds", "seed sd", "seed range", "n"]
+    parts.append(_table(header, [
+        [r["task"], r["model"], r["method"], _pct(r["accuracy"]), f"[{_pct(r['ci_lo'])}, {_pct(r['ci_hi'])}]",
+         f"{r['n_seeds']} ({', '.join(map(str, r['seeds']))})",
+         "-" if r["seed_sd"] is None else _pct(r["seed_sd"]),
+         "-" if r["n_seeds"] == 1 else f"{_pct(r['seed_min'])}-{_pct(r['seed_max'])}",
+         "/".join(map(str, sorted(set(r["n"]))))] for r in acc]))
+    if duplicates:
+        parts.append("".join(f"- **warning:** {d}\n" for d in duplicates))
+
+    parts.append(f"## Paired comparison: {focus} vs the strongest other method\n\nPer (task, model), "
+                 f"`{focus}` against the other method with the highest accuracy (base included), on the "
+                 "items both evaluated, matched by (seed, item id); both accuracies are on those pairs. "
+                 "Paired bootstrap of the per-item difference (points of %). P(diff<=0) is the bootstrap "
+                 "share of resamples where the focus is not better.\n")
+    if paired:
+        parts.append(_table(["task", "model", focus, "strongest other", "its accuracy", "diff (pp)", "95% CI",
+                             "n pairs", "P(diff<=0)", "verdict"], [
+            [r["task"], r["model"], _pct(r["focus_accuracy"]), r["other"], _pct(r["other_accuracy"]),
+             _pct(r["diff"]), f"[{_pct(r['ci_lo'])}, {_pct(r['ci_hi'])}]", r["n"], _num(r["p_not_better"]),
+             r["verdict"]] for r in paired]))
+    if notes:
+        parts.append("".join(f"- {n}\n" for n in notes))
+
+    parts.append("## Retention\n\nFrom eval/after.json `aggregate.retention`: the base model's perplexity on "
+                 "the tuned model's own completions (PPL_ret, mean over examples and corpus-level; lower = "
+                 "closer to the base), the mean JSD to the base (nats), and the perplexity of the gold "
+                 "answers (gold fit).\n")
+    if ret:
+        parts.append(_table(["run", "method", "task", "model", "seed", "accuracy", "against", "ppl_ret_mean",
+                             "ppl_ret_corpus", "jsd_mean", "gold_fit_ppl_mean", "gold_fit_ppl_corpus"], [
+            [r["run"], r["method"], r["task"], r["model"], r["seed"], _pct(r["accuracy"]), r["against"],
+             _num(r["ppl_ret_mean"]), _num(r["ppl_ret_corpus"]), _num(r["jsd_mean"], ".4g"),
+             _num(r["gold_fit_ppl_mean"]), _num(r["gold_fit_ppl_corpus"])] for r in ret]))
+    missing = len(runs) - len(ret)
+    if missing:
+        parts.append(f"{missing} run(s) recorded no retention (evaluated without the base, or "
+                     "eval.after=false).\n")
+
+    parts.append("## Cost\n\nSteps and seconds from summary.json, tokens = sum of the per-step `tokens` "
+                 "(completion tokens in the loss) of metrics.jsonl, peak memory from summary.json, energy "
+                 "only where NVML measured it (n/a otherwise).\n")
+    parts.append(_table(["run", "method", "task", "model", "seed", "steps", "seconds", "tokens",
+                         "peak memory GB", "memory kind", "train energy J", "eval energy J"], [
+        [r["run"], r["method"], r["task"], r["model"], r["seed"], _num(r["steps"], "d"),
+         _num(r["seconds"], ".1f"), _num(r["tokens"], "d"), _num(r["peak_memory_gb"], ".2f"),
+         r["memory_kind"] or "n/a",
+         _num(r["train_energy_j"], ".0f"), _num(r["eval_energy_j"], ".0f")] for r in cost]))
+
+    parts.append(f"## Collapse watch\n\nSampled completion length (tokens) and share of repeated "
+                 f"4-grams, mean of the first and of the last {T.WINDOW} steps with on-policy samples. "
+                 f"Flagged when the length ends below {T.LENGTH_DROP:.0%} of its start or repetition ends "
+                 f"above {T.REPETITION_MAX}.\n")
+    parts.append(_table(["run", "method", "task", "model", "seed", "accuracy", "length first",
+                         "length last", "repetition first", "repetition last", "flag"], [
+        [r["run"], r["method"], r["task"], r["model"], r["seed"], _pct(r["accuracy"]),
+         _num(r["len_first"], ".1f"), _num(r["len_last"], ".1f"), _num(r["rep_first"]), _num(r["rep_last"]),
+         f"**{r['collapse']}**" if r["collapse"] else ("no samples" if not r["sampled_steps"] else "ok")]
+        for r in collapse]))
+
+    parts.append("## Plots\n\n" + "".join(f"![{p.stem}]({p.name})\n\n" for p in plots))
+    return "\n".join(parts)
+
+
+def _write_csv(path: Path, acc, ret, cost) -> None:
+    means = T.group_means(ret, T.RETENTION_KEYS)
+    costs = T.group_means(cost, ("steps", "seconds", "tokens"))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for r in acc:
+            key = (r["task"], r["model_name"], r["method"])
+            row = {k: r.get(k) for k in CSV_COLUMNS}
+            row.update({k: ";".join(map(str, r[k])) for k in ("seeds", "n", "runs")})
+            row.update({k: v for k, v in means.get(key, {}).items() if k in CSV_COLUMNS})
+            row.update(costs.get(key, {}))
+            writer.writerow({k: "" if _missing(v) else v for k, v in row.items()})
+
+
+# ---- plots (matplotlib, Agg) ----
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(acc: list[dict], path: Path) -> Path | None:
+    """One panel per task: a bar per (method, model) with its 95% CI, dots for single seeds."""
+    if not acc:
+        return None
+    plt = _pyplot()
+    tasks = sorted({r["task"] for r in acc})
+    several_models = len({r["model_name"] for r in acc}) > 1
+    width = max(len([r for r in acc if r["task"] == t]) for t in tasks)
+    panel_width = max(4.0, 0.9 * width + 1.5)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(panel_width * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = [r for r in acc if r["task"] == task]
+        labels = [r["method"] + (f"\n{r['model']}" if several_models else "") for r in rows]
+        means = [100 * r["accuracy"] for r in rows]
+        err = [[0 if _missing(r["ci_lo"]) else m - 100 * r["ci_lo"] for m, r in zip(means, rows)],
+               [0 if _missing(r["ci_hi"]) else 100 * r["ci_hi"] - m for m, r in zip(means, rows)]]
+        colors = ["#999999" if r["method"] == T.BASE else "#3b7dd8" for r in rows]
+        ax.bar(range(len(rows)), means, yerr=err, capsize=5, color=colors)
+        for i, r in enumerate(rows):
+            if r["n_seeds"] > 1:
+                ax.plot([i] * r["n_seeds"], [100 * a for a in r["seed_accuracies"]], "k.", ms=4)
+        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("accuracy % (95% CI)")
+        ax.set_title(task, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_retention(ret: list[dict], path: Path) -> Path | None:
+    """PPL_ret (mean over examples) against accuracy, one point per run, a colour per method."""
+    points = [r for r in ret if not _missing(r["ppl_ret_mean"]) and not _missing(r["accuracy"])]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for method in sorted({r["method"] for r in points}):
+        mine = [r for r in points if r["method"] == method]
+        ax.scatter([r["ppl_ret_mean"] for r in mine], [100 * r["accuracy"] for r in mine], label=method, s=30)
+    ax.set_xlabel("PPL_ret (base perplexity of own completions; lower = closer to base)")
+    ax.set_ylabel("accuracy after %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(runs: list[T.Run], path: Path) -> Path | None:
+    """Training loss and sampled completion length per step, a line per run."""
+    runs = [r for r in runs if r.metrics]
+    if not runs:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for run in runs:
+        steps = [m["step"] for m in run.metrics if "loss" in m]
+        axes[0].plot(steps, [m["loss"] for m in run.metrics if "loss" in m], lw=1, label=run.label)
+        sampled = [m for m in run.metrics
+                   if m.get("rollout/on_policy_rows", 1) > 0 and "rollout/completion_len" in m]
+        if sampled:
+            axes[1].plot([m["step"] for m in sampled], [m["rollout/completion_len"] for m in sampled], lw=1,
+                         label=run.label)
+    for ax, title in zip(axes, ("training loss", "sampled completion length (tokens)")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,207 @@
+"""`unisd report` on hand-written run directories: every number in the tables is known."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from unisd.cli.main import main
+from unisd.evaluation.stats import mean_ci, paired_bootstrap
+from unisd.reporting import tables as T
+from unisd.reporting.report import CSV_COLUMNS, build_report
+
+
+def _eval(correct, *, ids=None, ci=None, retention=None, energy=None) -> dict:
+    ids = ids or [f"test-{i}" for i in range(len(correct))]
+    acc = {**mean_ci(correct), **(ci or {})}
+    agg = {"task": "arithmetic", "n": len(correct), "accuracy": acc,
+           "resources": {"peak_memory_gb": 1.0, "peak_memory_kind": "process_peak_rss", "energy_j": energy}}
+    if retention:
+        agg["retention"] = retention
+    return {"aggregate": agg, "items": [{"id": i, "correct": float(c)} for i, c in zip(ids, correct)]}
+
+
+def make_run(root: Path, name: str, *, recipe: str, seed: int = 1, task: str = "arithmetic",
+             model: str = "/models/tiny", before=(0, 0, 0, 0), after=(1, 0, 0, 0), metrics=None,
+             **eval_kw) -> Path:
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"recipe": recipe, "data": {"task": task},
+                                                     "model": {"name": model}, "optim": {"seed": seed}}))
+    before_eval = _eval(list(before))
+    after_eval = _eval(list(after), **eval_kw)
+    (run / "eval" / "before.json").write_text(json.dumps(before_eval))
+    (run / "eval" / "after.json").write_text(json.dumps(after_eval))
+    metrics = metrics if metrics is not None else [
+        {"step": s, "loss": 1.0 / s, "tokens": 10, "rollout/on_policy_rows": 2.0,
+         "rollout/completion_len": 20.0, "rollout/repetition": 0.0} for s in range(1, 7)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (run / "summary.json").write_text(json.dumps({
+        "recipe": recipe, "task": task, "model": model, "steps": len(metrics), "seconds": 12.5,
+        "peak_memory_gb": 1.5, "before": before_eval["aggregate"], "after": after_eval["aggregate"]}))
+    return run
+
+
+def _row(rows, **match):
+    found = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    assert len(found) == 1, (match, rows)
+    return found[0]
+
+
+def test_accuracy_over_seeds_and_the_base_row(tmp_path):
+    make_run(tmp_path, "sdft-s1", recipe="sdft", seed=1, before=(0, 0, 0, 0), after=(1, 1, 0, 0))
+    make_run(tmp_path, "sdft-s2", recipe="sdft", seed=2, before=(1, 0, 0, 0), after=(1, 1, 1, 0))
+    make_run(tmp_path, "sft-s1", recipe="sft", seed=1, after=(1, 0, 0, 0), ci={"lo": 0.01, "hi": 0.9})
+    rows = T.accuracy_rows(T.load_runs([tmp_path]))
+    assert [r["method"] for r in rows] == ["base", "sdft", "sft"]  # base first, then by name
+
+    sdft = _row(rows, method="sdft")
+    assert sdft["accuracy"] == pytest.approx(0.625) and sdft["seeds"] == [1, 2] and sdft["n"] == [4, 4]
+    assert sdft["seed_sd"] == pytest.approx(np.std([0.5, 0.75], ddof=1))
+    assert (sdft["seed_min"], sdft["seed_max"]) == (0.5, 0.75)
+    pooled = mean_ci([1, 1, 0, 0, 1, 1, 1, 0])  # (seed, item) units of both seeds
+    assert (sdft["ci_lo"], sdft["ci_hi"]) == (pooled["lo"], pooled["hi"])
+
+    sft = _row(rows, method="sft")  # one seed: the run's own interval, unchanged
+    assert (sft["accuracy"], sft["ci_lo"], sft["ci_hi"], sft["seed_sd"]) == (0.25, 0.01, 0.9, None)
+
+    base = _row(rows, method="base")  # one before.json per seed, not one per run
+    assert base["seeds"] == [1, 2] and base["accuracy"] == pytest.approx(0.125) and len(base["runs"]) == 2
+
+
+def test_paired_comparison_picks_the_strongest_other_and_matches_items(tmp_path):
+    n = 20
+    ids = [f"test-{i}" for i in range(n)]
+    star = [1.0 if i < 15 else 0.0 for i in range(n)]
+    sdft = [1.0 if i < 10 else 0.0 for i in range(n)]
+    order = list(range(n))
+    random.Random(0).shuffle(order)  # the other run lists its items in another order
+    make_run(tmp_path, "star", recipe="unisd_star", before=[0] * n, after=star + [1.0], ids=ids + ["extra"])
+    make_run(tmp_path, "sdft", recipe="sdft", before=[0] * n, after=[sdft[i] for i in order],
+             ids=[ids[i] for i in order])
+    make_run(tmp_path, "sft", recipe="sft", before=[0] * n, after=[1.0 if i < 5 else 0.0 for i in range(n)])
+    # a second seed of the focus only: its items (same ids, other problems) must not be paired
+    make_run(tmp_path, "star-s2", recipe="unisd_star", seed=2, before=[0] * n, after=[0.0] * n)
+
+    rows, notes = T.paired_rows(T.load_runs([tmp_path]), "unisd_star")
+    assert notes == [] and len(rows) == 1
+    row = rows[0]
+    assert row["other"] == "sdft" and row["other_accuracy"] == 0.5 and row["n"] == n and row["seeds"] == [1]
+    common = sorted(ids)  # pairs are taken in (seed, id) order, whatever the files' order
+    expected = paired_bootstrap([star[ids.index(i)] for i in common], [sdft[ids.index(i)] for i in common])
+    assert row["diff"] == pytest.approx(0.25) == pytest.approx(expected["diff"])
+    assert (row["ci_lo"], row["ci_hi"], row["p_not_better"]) == (expected["lo"], expected["hi"],
+                                                                 expected["p_not_better"])
+    assert row["verdict"] == ("better" if expected["lo"] > 0 else "no clear difference")
+
+    rows, notes = T.paired_rows(T.load_runs([tmp_path]), "gkd")
+    assert rows == [] and "'gkd' is not among these runs" in notes[0]
+
+
+def test_collapse_flags_length_drop_and_repetition(tmp_path):
+    def steps(lengths, reps, on_policy=2.0):
+        return [{"step": i + 1, "loss": 0.5, "tokens": 8, "rollout/on_policy_rows": on_policy,
+                 "rollout/completion_len": ln, "rollout/repetition": rp}
+                for i, (ln, rp) in enumerate(zip(lengths, reps))]
+
+    make_run(tmp_path, "short", recipe="sdft", metrics=steps([20] * 5 + [15] * 5 + [9] * 5, [0.0] * 15))
+    make_run(tmp_path, "steady", recipe="ema", metrics=steps([20] * 5 + [11] * 5, [0.1] * 10))
+    make_run(tmp_path, "loops", recipe="opsd", metrics=steps([20] * 10, [0.0] * 5 + [0.5] * 5))
+    make_run(tmp_path, "gold", recipe="sft", metrics=steps([0] * 10, [0] * 10, on_policy=0.0))
+    rows = T.collapse_rows(T.load_runs([tmp_path]))
+    short, steady, loops, gold = (_row(rows, run=r) for r in ("short", "steady", "loops", "gold"))
+    assert (short["len_first"], short["len_last"]) == (20.0, 9.0) and short["collapse"].startswith("length <")
+    assert steady["len_last"] == 11.0 and steady["collapse"] == ""  # 55% of the start: not flagged
+    assert (loops["rep_first"], loops["rep_last"]) == (0.0, 0.5) and loops["collapse"] == "repetition > 0.3"
+    assert gold["sampled_steps"] == 0 and gold["len_first"] is None and gold["collapse"] == ""
+    assert short["accuracy"] == 0.25  # shown next to the accuracy after
+
+
+def test_retention_and_cost_are_read_never_estimated(tmp_path):
+    ret = {"base": "adapter_disabled", "ppl_ret_mean": 1.5, "ppl_ret_corpus": 1.4, "jsd_mean": 0.02,
+           "gold_fit_ppl_mean": 3.0, "gold_fit_ppl_corpus": 2.5}
+    make_run(tmp_path, "gpu", recipe="sdft", retention=ret, energy=120.0)
+    make_run(tmp_path, "cpu", recipe="sft")
+    runs = T.load_runs([tmp_path])
+    (row,) = T.retention_rows(runs)  # the run without retention is left out
+    assert row["run"] == "gpu" and row["against"] == "adapter_disabled"
+    assert {k: row[k] for k in T.RETENTION_KEYS} == {k: ret[k] for k in T.RETENTION_KEYS}
+    cost = {r["run"]: r for r in T.cost_rows(runs)}
+    assert cost["gpu"]["tokens"] == 60 and cost["gpu"]["steps"] == 6 and cost["gpu"]["seconds"] == 12.5
+    assert cost["gpu"]["eval_energy_j"] == 120.0 and cost["gpu"]["train_energy_j"] is None
+    assert cost["cpu"]["eval_energy_j"] is None and cost["cpu"]["peak_memory_gb"] == 1.5
+
+
+def test_report_files_csv_and_plots(tmp_path):
+    runs = tmp_path / "runs"
+    ret = {"base": "adapter_disabled", "ppl_ret_mean": 1.5, "ppl_ret_corpus": 1.4, "jsd_mean": 0.02,
+           "gold_fit_ppl_mean": 3.0, "gold_fit_ppl_corpus": 2.5}
+    make_run(runs / "sweep-a", "star-s1", recipe="unisd_star", seed=1, after=(1, 1, 0, 0), retention=ret)
+    make_run(runs / "sweep-a", "star-s2", recipe="unisd_star", seed=2, after=(1, 1, 1, 0),
+             retention={**ret, "ppl_ret_mean": 2.5})
+    make_run(runs / "deep" / "er", "sdft-s1", recipe="sdft", seed=1, after=(1, 0, 0, 0))
+    (runs / "unfinished").mkdir()  # config but no summary: not a finished run
+    (runs / "unfinished" / "config.yaml").write_text("recipe: x\n")
+    out = tmp_path / "report"
+    result = build_report([runs], out)
+
+    assert {p.name for p in out.iterdir()} == {"report.md", "results.csv", "accuracy.png",
+                                               "retention_vs_accuracy.png", "training_curves.png"}
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "results.csv") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        rows = {r["method"]: r for r in reader}
+    assert set(rows) == {"base", "sdft", "unisd_star"}
+    star = rows["unisd_star"]
+    assert (star["seeds"], star["n"], star["n_seeds"]) == ("1;2", "4;4", "2")
+    assert float(star["accuracy"]) == pytest.approx(0.625)
+    assert float(star["ppl_ret_mean"]) == pytest.approx(2.0)  # mean over the seeds
+    assert float(star["tokens"]) == 60 and rows["base"]["ppl_ret_mean"] == ""
+
+    md = (out / "report.md").read_text()
+    for text in ("## Accuracy", "## Paired comparison: unisd_star", "## Retention", "## Cost",
+                 "## Collapse watch", "| arithmetic | tiny | base |", "| 62.5 |",
+                 "![accuracy](accuracy.png)"):
+        assert text in md, text
+    paired = result["paired"][0]
+    assert paired["other"] == "sdft" and paired["seeds"] == [1] and paired["n"] == 4
+
+
+def test_runs_the_tables_cannot_tell_apart_are_named(tmp_path):
+    make_run(tmp_path / "a", "sdft-lr1", recipe="sdft", seed=1)
+    make_run(tmp_path / "a", "sdft-lr2", recipe="sdft", seed=1)
+    make_run(tmp_path / "a", "sdft-s2", recipe="sdft", seed=2)
+    (note,) = T.duplicate_notes(T.load_runs([tmp_path]))
+    assert "sdft-lr1, sdft-lr2" in note and "seed 1" in note
+    build_report([tmp_path], tmp_path / "out")
+    assert "**warning:** runs sdft-lr1, sdft-lr2" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_cli_report_and_its_error(tmp_path, capsys):
+    make_run(tmp_path / "runs", "sdft", recipe="sdft")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--focus", "sdft"]) == 0
+    out = capsys.readouterr().out
+    assert "sdft vs base" in out and (tmp_path / "out" / "report.md").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "out2")]) == 2
+    assert "no run directories" in capsys.readouterr().err
+
+
+def test_reporting_reads_files_only():
+    # a report can be rebuilt where only the run folders were copied: no torch, no training code
+    import subprocess
+    import sys
+
+    code = ("import sys, unisd.reporting.report; "
+            "print(sorted(m for m in sys.modules if m.startswith('unisd')), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ("['unisd', 'unisd.evaluation', 'unisd.evaluation.stats', 'unisd.reporting', "
+                           "'unisd.reporting.report', 'unisd.reporting.tables'] False")
