@@ -1,4 +1,4 @@
-"""The `unisd` command line: train, eval, quickstart, export, sweep, report, and listings.
+"""The `unisd` command line: train, eval, quickstart, export, sweep, report, bench, and listings.
 
 Each subcommand parses its flags, builds a RunConfig (recipe + --config file + --set overrides)
 and calls the library; user errors (bad config, missing or malformed data, unknown names, a
@@ -204,6 +204,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from unisd.bench import run_bench
+    from unisd.config import load_config
+
+    cfg = load_config(args.recipe, _overrides(args), args.config)
+    try:
+        sizes = tuple(int(b) for b in args.batch_size.split(","))
+    except ValueError:
+        from unisd.config.schema import ConfigError
+
+        raise ConfigError(f"--batch-size: expected integers separated by commas, got {args.batch_size!r}"
+                          ) from None
+    run_bench(cfg, batch_sizes=sizes, new_tokens=args.new_tokens, steps=args.bench_steps,
+              out=Path(args.bench_out))
+    return 0
+
+
 def cmd_recipes(args) -> int:
     from unisd.config import recipe_dict, recipe_names
 
@@ -314,6 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--focus", default="unisd_star", help="method compared against the strongest other one "
                                                          "(default unisd_star)")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("bench", help="measure generation tokens/s (ours and HF), the training step split, "
+                                     "MFU and bandwidth bounds; prints a table, writes bench.json")
+    p.add_argument("recipe", nargs="?", default="sdft", help="recipe name (see `unisd recipes`) or a YAML path")
+    _common_run_flags(p)
+    p.add_argument("--batch-size", default="64", help="rows per generate call and per training step; "
+                                                       "several as 64,128 (default 64)")
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens every row decodes (default 128)")
+    p.add_argument("--steps", dest="bench_steps", type=int, default=4,
+                   help="training steps; the first is dropped as warm-up when there are more (default 4)")
+    p.add_argument("--out", dest="bench_out", default="bench",
+                   help="folder for bench.json and the training runs (default ./bench)")
+    p.set_defaults(fn=cmd_bench)
 
     sub.add_parser("recipes", help="list the recipes").set_defaults(fn=cmd_recipes)
     sub.add_parser("tasks", help="list the tasks").set_defaults(fn=cmd_tasks)

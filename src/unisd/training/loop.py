@@ -4,8 +4,10 @@
 then for each optimizer step: samples completions from the student (or takes gold ones for
 SFT/GKD), splits the batch into micro-batches, accumulates the loss of `step.micro_batch_loss`
 (normalised by the batch's global completion-token count), clips, steps, updates the EMA
-teacher, logs one line to metrics.jsonl and checkpoints on schedule. A non-finite loss or
-gradient skips the update (its batch ids are logged); too many in a row stop the run with
+teacher, logs one line to metrics.jsonl (with the seconds of each phase: generate, forward/backward
+and its teacher-forward share, optimizer; on CUDA timers are read after a synchronize) and
+checkpoints on schedule. A non-finite loss or gradient skips the update (its batch ids are
+logged); too many in a row stop the run with
 `TrainingStopped`, and running out of GPU memory stops it with `ResourceError` naming the settings
 to lower (summary.json is written by finished runs only). `resume_dir` continues a killed run
 from its last complete checkpoint with identical data order and RNG streams.
@@ -304,7 +306,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
                         continue
                     loss, m = micro_batch_loss(model, part, ctx)
                     loss.backward()
-                    student_tokens += sum(len(p) + len(c) for p, c in zip(part.student_prompts, part.completions))
+                    student_tokens += sum(map(len, part.student_prompts)) + sum(map(len, part.completions))
                     student_scored += sum(len(c) for c in part.completions)
                     for key, value in m.items():
                         sums[key] = value if key.endswith("_last") else sums.get(key, 0.0) + value
@@ -338,7 +340,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
 
             record = _step_record(state["step"], sums, n_tokens, roll_stats, grad_norm, scheduler, t_gen, t_fb, t_opt,
                                   finite, len(rolled))
-            record.update({"time/teacher_s": teacher_meter["s"], "time/student_s": max(t_fb - teacher_meter["s"], 0.0),
+            record.update({"time/teacher_s": teacher_meter["s"], "time/student_s": t_fb - teacher_meter["s"],
                            "tokens/student_forward": student_tokens, "tokens/student_scored": student_scored,
                            "tokens/teacher_forward": teacher_meter["tokens"],
                            "tokens/teacher_scored": teacher_meter["scored"]})
