@@ -36,6 +36,17 @@ def counting_completion_outputs(model, view, **kwargs):
     return _original(model, view, **kwargs)
 
 
+def scripted_negatives(examples, **_):
+    """The tiny random model cannot write a usable negative, so the cost benchmark uses a scripted
+    wrong demonstration per example (the gold one with the final number changed). The cost of the
+    contrastive term does not depend on what the negative says."""
+    from unisd.contexts.negatives import NegativeSet
+
+    by_id = {ex.id: ex.demonstration.rsplit("####", 1)[0] + f"#### {int(ex.answer) + 1}" for ex in examples}
+    return NegativeSet(by_id=by_id, missing=[], reasons={}, answers={ex.id: str(int(ex.answer) + 1)
+                                                                      for ex in examples})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=4)
@@ -46,6 +57,9 @@ def main() -> int:
     import unisd.training.loop as loop_module
 
     loop_module.completion_outputs = counting_completion_outputs  # the teacher forward lives in loop.py
+    import unisd.contexts
+
+    unisd.contexts.build_negatives = scripted_negatives
     root = Path(tempfile.mkdtemp(prefix="recipe-cost-"))
     model, tokenizer = tiny_model("llama", seed=0)
     model.save_pretrained(root / "model")
