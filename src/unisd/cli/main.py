@@ -274,11 +274,13 @@ def _print_summary(summary: dict, quickstart: bool = False) -> None:
         table.add_row(key, format_accuracy(before, key) if before else "-", format_accuracy(after, key) if after else "-")
     console.print(table)
     data = summary["data"]
+    # soft_wrap: paths and reasons stay on one line, so they can be copied and grepped
     console.print(f"examples: {data['used']} used of {data['loaded']} loaded; dropped: {data['dropped'] or 0}; "
-                  f"truncated: {data['truncated'] or 0}; without negative: {data['without_negative']}")
+                  f"truncated: {data['truncated'] or 0}; without negative: {data['without_negative']}", soft_wrap=True)
     console.print(f"steps: {summary['steps']} ({summary['skipped_steps']} skipped), time: {summary['seconds']:.0f} s, "
-                  f"peak memory: {summary['peak_memory_gb']:.1f} GB, device: {summary['device']}")
-    console.print(f"outputs: {summary['run_dir']} (config.yaml, metrics.jsonl, eval/, checkpoints/, training.png)")
+                  f"peak memory: {summary['peak_memory_gb']:.1f} GB, device: {summary['device']}", soft_wrap=True)
+    console.print(f"outputs: {summary['run_dir']} (config.yaml, metrics.jsonl, eval/, checkpoints/, training.png)",
+                  soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

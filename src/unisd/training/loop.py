@@ -211,8 +211,9 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     rows, report = prepare_rows(train_examples, tokenizer, cfg, eos_id=stops[0], aux_texts=aux_texts,
                                 negative_texts=negatives)
     console.print(f"[bold]{cfg.recipe}[/] on {cfg.data.task}: {report.used} training examples "
-                  f"({report.loaded} loaded; dropped {sum(report.dropped.values())}, truncated "
-                  f"{sum(report.truncated.values())}, without negative {report.without_negative})")
+                  f"({report.loaded} loaded; dropped {len(report.dropped_ids)}, truncated "
+                  f"{sum(report.truncated.values())} prompts, without negative {report.without_negative})",
+                  soft_wrap=True)
 
     # ---- evaluation of the base model (same path as the tuned one) ----
     before = None
