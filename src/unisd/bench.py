@@ -204,7 +204,8 @@ def bench_training(cfg: RunConfig, *, batch: int, steps: int, new_tokens: int, r
     measured = records[1:] if len(records) > 1 else records  # step 1 compiles and captures graphs
     phases = {"generate": "time/generate_s", "teacher": "time/teacher_s", "student": "time/student_s",
               "optimizer": "time/optimizer_s"}
-    step_s = [r["time/generate_s"] + r["time/forward_backward_s"] + r["time/optimizer_s"] for r in measured]
+    step_s = [r["time/generate_s"] + r["time/forward_backward_s"] + r.get("time/sync_s", 0.0)
+              + r["time/optimizer_s"] for r in measured]
     total_s = sum(step_s)
     flops = sum(step_flops(r, counts, tcfg) for r in measured)
     fb_s = sum(r["time/forward_backward_s"] for r in measured)

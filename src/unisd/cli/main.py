@@ -46,15 +46,21 @@ def _overrides(args) -> list[str]:
 
 def cmd_train(args) -> int:
     from unisd.config import load_config, read_run_config
+    from unisd.training import distributed
     from unisd.training.loop import train
 
+    # Under `torchrun --nproc_per_node N -m unisd train ...` each process lands here; `train`
+    # joins the process group from the torchrun environment, and only rank 0 prints. After an
+    # error the group is left alone (a peer may be stuck in a collective); torchrun ends them all.
     if args.resume:
         cfg = read_run_config(args.resume)
         result = train(cfg, resume_dir=args.resume)
     else:
         cfg = load_config(args.recipe, _overrides(args), args.config)
         result = train(cfg)
-    _print_summary(result.summary)
+    if distributed.is_main_process():
+        _print_summary(result.summary)
+    distributed.shutdown()
     return 0
 
 
@@ -277,8 +283,10 @@ def _print_summary(summary: dict, quickstart: bool = False) -> None:
     # soft_wrap: paths and reasons stay on one line, so they can be copied and grepped
     console.print(f"examples: {data['used']} used of {data['loaded']} loaded; dropped: {data['dropped'] or 0}; "
                   f"truncated: {data['truncated'] or 0}; without negative: {data['without_negative']}", soft_wrap=True)
+    processes = f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else ""
     console.print(f"steps: {summary['steps']} ({summary['skipped_steps']} skipped), time: {summary['seconds']:.0f} s, "
-                  f"peak memory: {summary['peak_memory_gb']:.1f} GB, device: {summary['device']}", soft_wrap=True)
+                  f"peak memory: {summary['peak_memory_gb']:.1f} GB, device: {summary['device']}{processes}",
+                  soft_wrap=True)
     console.print(f"outputs: {summary['run_dir']} (config.yaml, metrics.jsonl, eval/, checkpoints/, training.png)",
                   soft_wrap=True)
 

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder `checkpoints/step-000123/` holding the trainable weights (the LoRA
 adapter or the full model), the teacher's EMA state, optimizer and scheduler state, every RNG
-state (python, numpy, torch, CUDA), the data order and position, and the step counters. It is
+state (python, numpy, torch, CUDA; of every rank under data parallelism), the data order and
+position, and the step counters. It is
 written to a temporary folder and renamed into place, so a crash mid-write leaves either the
 previous checkpoint or the new one, never a half one; a folder without its `COMPLETE` marker is
 ignored. Only the last `keep` checkpoints are kept.
@@ -55,10 +56,17 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def rank_rng_state(rng: torch.Generator | None) -> dict[str, Any]:
+    """This process's random streams: the global RNGs and the sampling generator `rng`."""
+    return {"rng": rng_state(), "sampling_rng": rng.get_state() if rng is not None else None}
+
+
 def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, scheduler, teacher, state: dict[str, Any],
-                    rng: torch.Generator | None, keep: int) -> Path:
+                    rng: torch.Generator | None, keep: int, rank_rngs: list[dict[str, Any]] | None = None
+                    ) -> Path:
     """Write checkpoint `step` atomically and prune old ones. `state` is JSON-serialisable loop
-    state (data order, position, counters); `rng` is the sampling generator."""
+    state (data order, position, counters); `rng` is the sampling generator. Under data
+    parallelism rank 0 calls this with `rank_rngs`, every rank's `rank_rng_state` in rank order."""
     from unisd.models import save_weights
 
     root = Path(run_dir) / "checkpoints"
@@ -71,8 +79,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, schedul
     save_weights(model, tmp / "weights")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "teacher": teacher.state_dict() if teacher is not None else None,
-                "rng": rng_state(), "sampling_rng": rng.get_state() if rng is not None else None},
-               tmp / "trainer_state.pt")
+                **rank_rng_state(rng), "ranks": rank_rngs}, tmp / "trainer_state.pt")
     (tmp / "loop_state.json").write_text(json.dumps(state))
     (tmp / MARKER).write_text(str(step))
     _fsync_dir(tmp)
@@ -88,22 +95,32 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, schedul
 
 
 def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, teacher,
-                    rng: torch.Generator | None) -> dict[str, Any]:
-    """Restore everything saved by `save_checkpoint`; returns the loop state."""
+                    rng: torch.Generator | None, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Restore everything saved by `save_checkpoint`; returns the loop state. Under data
+    parallelism each rank restores its own random streams, so the checkpoint must come from a run
+    with the same number of processes."""
     from unisd.models import load_weights
 
     path = Path(path)
     if not (path / MARKER).exists():
         raise FileNotFoundError(f"{path}: not a complete checkpoint (no {MARKER} marker)")
-    load_weights(model, path / "weights")
     blob = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    ranks = blob.get("ranks") or [blob]
+    if len(ranks) != world_size:
+        from unisd.config.schema import ConfigError
+
+        raise ConfigError(f"{path} was written by a run of {len(ranks)} process(es); resume it with the same "
+                          f"number (torchrun --nproc_per_node {len(ranks)}), not {world_size}, so that every "
+                          "random stream continues where it stopped")
+    load_weights(model, path / "weights")
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     if teacher is not None and blob["teacher"] is not None:
         teacher.load_state_dict(blob["teacher"])
-    set_rng_state(blob["rng"])
-    if rng is not None and blob["sampling_rng"] is not None:
-        rng.set_state(blob["sampling_rng"])
+    mine = ranks[rank]
+    set_rng_state(mine["rng"])
+    if rng is not None and mine["sampling_rng"] is not None:
+        rng.set_state(mine["sampling_rng"])
     return json.loads((path / "loop_state.json").read_text())
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -32,8 +33,9 @@ from unisd.config.io import dump_config
 from unisd.config.schema import RunConfig
 from unisd.errors import ResourceError, TrainingStopped
 from unisd.training import checkpoint as ckpt
+from unisd.training import distributed
 from unisd.training.data import NEGATIVE_KIND, PreparedRow, prepare_rows
-from unisd.training.runlog import MetricsLog, fingerprint, make_run_dir, peak_memory_gb, write_json
+from unisd.training.runlog import MetricsLog, NullLog, fingerprint, make_run_dir, peak_memory_gb, write_json
 from unisd.training.scoring import completion_outputs
 from unisd.training.step import RolloutRows, StepContext, count_loss_tokens, micro_batch_loss
 
@@ -131,17 +133,22 @@ def build_contexts(cfg: RunConfig, examples, generate, model_key: str, console) 
 
 
 def rollout(model, rows: list[PreparedRow], cfg: RunConfig, generator, *, stops, pad_id, step: int,
-            sampling_rng: torch.Generator | None) -> tuple[RolloutRows, dict[str, float]]:
-    """Completions for one optimizer batch: student samples, gold, or a seeded mix (GKD)."""
+            sampling_rng: torch.Generator | None, positions: list[int] | None = None
+            ) -> tuple[RolloutRows, dict[str, float]]:
+    """Completions for (this rank's share of) one optimizer batch: student samples, gold, or a
+    seeded mix (GKD). `positions` are the rows' places in the global batch (default 0, 1, ...), so
+    the GKD coin of a row does not depend on how the batch is split across ranks. Returns the rows
+    and additive counts for `rollout_stats`."""
     from unisd.generation.base import SamplingParams
 
     src = cfg.rollout.source
     coin = random.Random(f"{cfg.optim.seed}:mix:{step}")
-    on_policy = [src == "student" or (src == "mixed" and coin.random() < cfg.rollout.on_policy_fraction)
-                 for _ in rows]
+    flips = [coin.random() for _ in range(cfg.optim.batch_size)]
+    positions = list(range(len(rows))) if positions is None else positions
+    on_policy = [src == "student" or (src == "mixed" and flips[p] < cfg.rollout.on_policy_fraction)
+                 for p in positions]
     completions: list[list[int]] = [r.gold for r in rows]
     sample_idx = [i for i, flag in enumerate(on_policy) if flag]
-    stats = {"rollout/on_policy_rows": float(len(sample_idx))}
     if sample_idx:
         params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                 top_p=cfg.rollout.top_p)
@@ -154,25 +161,36 @@ def rollout(model, rows: list[PreparedRow], cfg: RunConfig, generator, *, stops,
             completions[i] = list(ids) if ids else [stops[0]]
     truncated = [bool(c) and c[-1] not in stops for c in completions]
     keep = [not (t and cfg.rollout.mask_truncated) for t in truncated]
-    lengths = [len(completions[i]) for i in sample_idx]
-    stats["rollout/completion_len"] = sum(lengths) / len(lengths) if lengths else 0.0
-    stats["rollout/truncated_rate"] = sum(truncated[i] for i in sample_idx) / len(sample_idx) if sample_idx else 0.0
-    stats["rollout/repetition"] = _repetition(completions, sample_idx)
+    repeated, grams = _repeated_4grams(completions, sample_idx)
+    counts = {"on_policy_rows": float(len(sample_idx)),
+              "completion_tokens": float(sum(len(completions[i]) for i in sample_idx)),
+              "truncated_rows": float(sum(truncated[i] for i in sample_idx)),
+              "repeated_4grams": float(repeated), "4grams": float(grams)}
     return RolloutRows(ids=[r.example.id for r in rows], student_prompts=[r.student for r in rows],
                        completions=completions, teacher_prompts=[r.teacher for r in rows],
                        aux_prompts=[r.aux for r in rows] if rows and rows[0].aux is not None else None,
                        negative_prompts=[r.negative for r in rows] if cfg.teacher.negative.enabled else None,
-                       loss_mask=keep), stats
+                       loss_mask=keep), counts
 
 
-def _repetition(completions, idx) -> float:
-    """Share of repeated 4-grams in the sampled completions (1.0 = pure loops); a collapse signal."""
+def rollout_stats(counts: dict[str, float]) -> dict[str, float]:
+    """The logged rollout metrics from `rollout`'s counts (summed over ranks first): mean sampled
+    length, truncation rate, and the share of repeated 4-grams (1.0 = pure loops; a collapse signal)."""
+    n = counts["on_policy_rows"]
+    return {"rollout/on_policy_rows": n,
+            "rollout/completion_len": counts["completion_tokens"] / n if n else 0.0,
+            "rollout/truncated_rate": counts["truncated_rows"] / n if n else 0.0,
+            "rollout/repetition": counts["repeated_4grams"] / counts["4grams"] if counts["4grams"] else 0.0}
+
+
+def _repeated_4grams(completions, idx) -> tuple[int, int]:
+    """(repeated, total) 4-gram counts over the sampled completions."""
     total = repeated = 0
     for i in idx:
         grams = [tuple(completions[i][j:j + 4]) for j in range(max(0, len(completions[i]) - 3))]
         total += len(grams)
         repeated += len(grams) - len(set(grams))
-    return repeated / total if total else 0.0
+    return repeated, total
 
 
 def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None, show_progress: bool = True
@@ -185,14 +203,21 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     from unisd.models import TeacherWeights, apply_lora, load_model_and_tokenizer
     from unisd.tasks import get_task
 
-    console = console or Console()
+    # Under torchrun every rank runs this function on its own slice of each batch; rank 0 alone
+    # writes the run directory, evaluates and prints (`distributed` explains the gradient sum).
+    dp = distributed.init()
+    distributed.check_config(cfg, dp.world_size)
+    console = console or Console(quiet=not dp.is_main)
+    show_progress = show_progress and dp.is_main
     t_start = time.perf_counter()
-    run_dir = Path(resume_dir) if resume_dir else make_run_dir(cfg)
-    if not resume_dir:
-        dump_config(cfg, run_dir / "config.yaml")
-    write_json(run_dir / "fingerprint.json", fingerprint())
+    run_dir = Path(resume_dir) if resume_dir else distributed.broadcast_object(
+        make_run_dir(cfg) if dp.is_main else None)  # a derived name holds a timestamp: rank 0's counts
+    if dp.is_main:
+        if not resume_dir:
+            dump_config(cfg, run_dir / "config.yaml")
+        write_json(run_dir / "fingerprint.json", fingerprint())
     seed_everything(cfg.optim.seed)
-    device = pick_device()
+    device = dp.device if dp.enabled else pick_device()
 
     # ---- task and data first: a bad name or file fails before any model time is spent ----
     task = get_task(cfg.data.task, **task_options(cfg))
@@ -201,13 +226,14 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
                                seed=cfg.optim.seed)
     eval_examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit,
                               seed=cfg.optim.seed) if cfg.eval.before or cfg.eval.after else []
-    model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
-    stops = eos_ids(tokenizer, model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    generator = get_generator(cfg.rollout.backend, device)
-    gen_texts = text_generator(model, tokenizer, generator, max_new_tokens=cfg.teacher.negative.max_new_tokens,
-                               temperature=cfg.teacher.negative.temperature, stops=stops, pad_id=pad_id)
-    aux_texts, negatives, _ = build_contexts(cfg, train_examples, gen_texts, cfg.model.name, console)
+    with distributed.main_first():  # rank 0 converts the model and fills the caches; the rest reuse them
+        model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
+        stops = eos_ids(tokenizer, model)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+        generator = get_generator(cfg.rollout.backend, device)
+        gen_texts = text_generator(model, tokenizer, generator, max_new_tokens=cfg.teacher.negative.max_new_tokens,
+                                   temperature=cfg.teacher.negative.temperature, stops=stops, pad_id=pad_id)
+        aux_texts, negatives, _ = build_contexts(cfg, train_examples, gen_texts, cfg.model.name, console)
     rows, report = prepare_rows(train_examples, tokenizer, cfg, eos_id=stops[0], aux_texts=aux_texts,
                                 negative_texts=negatives)
     console.print(f"[bold]{cfg.recipe}[/] on {cfg.data.task}: {report.used} training examples "
@@ -215,17 +241,18 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
                   f"{sum(report.truncated.values())} prompts, without negative {report.without_negative})",
                   soft_wrap=True)
 
-    # ---- evaluation of the base model (same path as the tuned one) ----
+    # ---- evaluation of the base model (same path as the tuned one; rank 0 only) ----
     before = None
     before_path = run_dir / "eval" / "before.json"
-    if cfg.eval.before and not before_path.exists():
+    if dp.is_main and cfg.eval.before and not before_path.exists():
         before = evaluate(model, tokenizer, task, eval_examples, max_new_tokens=cfg.eval.max_new_tokens,
                           batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description="eval (base)",
                           show_progress=show_progress)
         save_eval(before, before_path)
         console.print(f"base model: {format_accuracy(before['aggregate'])}")
-    elif before_path.exists():
+    elif dp.is_main and before_path.exists():
         before = json.loads(before_path.read_text())
+    distributed.barrier()
 
     # ---- trainable weights, teacher weights, optimizer ----
     model = apply_lora(model, cfg.model) if cfg.model.finetune == "lora" else model
@@ -234,20 +261,27 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     model.train()
     needs_teacher = cfg.objective.loss == "distill"
     teacher = TeacherWeights.from_config(model, cfg.teacher, cfg.model.finetune) if needs_teacher else None
-    params = [p for p in model.parameters() if p.requires_grad]
+    named_params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named_params]
+    # Replicas start identical (same files, seeded LoRA init); checked, since the gradient sum
+    # keeps them identical only if they are.
+    distributed.check_replicas_equal(named_params, "initial trainable weights")
+    if dp.enabled:  # from here on each rank draws its own dropout masks, like its own samples
+        torch.manual_seed(cfg.optim.seed + dp.rank)
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
     total = cfg.optim.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, total, cfg.optim.warmup_ratio, cfg.optim.schedule))
-    sampling_rng = torch.Generator(device=device).manual_seed(cfg.optim.seed)
+    sampling_rng = torch.Generator(device=device).manual_seed(cfg.optim.seed + dp.rank)
 
     state = {"step": 0, "epoch": 0, "position": 0, "bad_in_a_row": 0, "skipped_steps": 0, "epochs_seen": 1}
     if resume_dir and (last := ckpt.latest_checkpoint(run_dir)) is not None:
         state = ckpt.load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler, teacher=teacher,
-                                     rng=sampling_rng)
+                                     rng=sampling_rng, rank=dp.rank, world_size=dp.world_size)
         console.print(f"resumed from {last} (step {state['step']})")
-    metrics_log = MetricsLog(run_dir, cfg.output.loggers, truncate_after=state["step"])
+    metrics_log = (MetricsLog(run_dir, cfg.output.loggers, truncate_after=state["step"]) if dp.is_main
+                   else NullLog())
 
     # Teacher forwards run inside the forward/backward phase; their seconds and tokens are
     # accumulated here so each step record can split that phase into teacher and student.
@@ -270,7 +304,8 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
         bar = progress.add_task("training", total=total, completed=state["step"])
         while state["step"] < total:
             step = state["step"]
-            # ---- the batch: next `batch_size` rows of the (seeded) epoch order ----
+            # ---- the batch: next `batch_size` rows of the (seeded) epoch order; rank r of W takes
+            # positions r, r+W, ... of it, so the data order does not depend on W ----
             batch_idx = []
             while len(batch_idx) < cfg.optim.batch_size:
                 if state["position"] >= len(order):
@@ -280,19 +315,21 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
                     order = epoch_order(len(rows), state["epoch"], cfg.optim.seed, cfg.data.shuffle)
                 batch_idx.append(order[state["position"]])
                 state["position"] += 1
-            batch_rows = [rows[i] for i in batch_idx]
+            positions = list(range(dp.rank, cfg.optim.batch_size, dp.world_size))
+            batch_rows = [rows[batch_idx[p]] for p in positions]
 
             t0 = time.perf_counter()
             try:
-                rolled, roll_stats = rollout(model, batch_rows, cfg, generator, stops=stops, pad_id=pad_id, step=step,
-                                             sampling_rng=sampling_rng)
+                rolled, roll_counts = rollout(model, batch_rows, cfg, generator, stops=stops, pad_id=pad_id,
+                                              step=step, sampling_rng=sampling_rng, positions=positions)
             except torch.OutOfMemoryError as err:
                 metrics_log.close()
                 raise ResourceError(oom_message(cfg, "rollout", step + 1)) from err
             t_gen = time.perf_counter() - t0
 
-            # ---- accumulate over micro-batches; the loss is normalised by the global token count ----
-            n_tokens = count_loss_tokens(rolled)
+            # ---- accumulate over micro-batches; the loss is normalised by the global token count
+            # (summed over ranks, so that the ranks' gradients add up to the batch gradient) ----
+            n_tokens = int(distributed.all_reduce_sum(torch.tensor(count_loss_tokens(rolled))))
             ctx = StepContext(cfg.objective, pad_id, device, float(n_tokens),
                               teacher_forward if needs_teacher else None, needs_teacher)
             sums: dict[str, float] = {}
@@ -317,7 +354,17 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             _sync(device)  # backward kernels are asynchronous on CUDA
             t_fb = time.perf_counter() - t1
 
-            # ---- guarded optimizer step ----
+            # ---- sum gradients and metric sums over ranks (no-ops in a single process) ----
+            t2 = time.perf_counter()
+            if n_tokens:  # with no loss token anywhere every rank has no gradient: nothing to sum
+                distributed.sync_gradients(params)
+            counters = {"student_tokens": student_tokens, "student_scored": student_scored,
+                        "teacher_tokens": teacher_meter["tokens"], "teacher_scored": teacher_meter["scored"]}
+            sums, roll_counts, counters = distributed.sum_over_ranks(sums, roll_counts, counters)
+            _sync(device)
+            t_sync = time.perf_counter() - t2
+
+            # ---- guarded optimizer step (identical on every rank: same gradients, same sums) ----
             t2 = time.perf_counter()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
             loss_value = sums.get("loss/total_sum", sums.get("loss/nll_sum", 0.0)) / max(n_tokens, 1)
@@ -328,9 +375,10 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             else:
                 state["bad_in_a_row"] += 1
                 state["skipped_steps"] += 1
+                batch_ids = [i for ids in distributed.all_gather_object(rolled.ids) for i in ids]
                 console.print(f"[red]step {step + 1}: non-finite loss or gradient (loss={loss_value}, "
                               f"grad_norm={float(grad_norm)}); update skipped; batch ids: "
-                              f"{escape(', '.join(rolled.ids))}[/]")
+                              f"{escape(', '.join(batch_ids))}[/]")
             optimizer.zero_grad(set_to_none=True)  # also drops the NaN/inf gradients of a skipped step
             scheduler.step()
             if teacher is not None and finite:
@@ -339,14 +387,17 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             t_opt = time.perf_counter() - t2
             state["step"] = step + 1
 
-            record = _step_record(state["step"], sums, n_tokens, roll_stats, grad_norm, scheduler, t_gen, t_fb, t_opt,
-                                  finite, len(rolled))
+            # Times are rank 0's (its step waits for the slowest rank at every sum); counts are global.
+            record = _step_record(state["step"], sums, n_tokens, rollout_stats(roll_counts), grad_norm, scheduler,
+                                  (t_gen, t_fb, t_sync, t_opt), finite, cfg.optim.batch_size)
             record.update({"time/teacher_s": teacher_meter["s"], "time/student_s": t_fb - teacher_meter["s"],
-                           "tokens/student_forward": student_tokens, "tokens/student_scored": student_scored,
-                           "tokens/teacher_forward": teacher_meter["tokens"],
-                           "tokens/teacher_scored": teacher_meter["scored"]})
+                           "processes": dp.world_size,
+                           "tokens/student_forward": counters["student_tokens"],
+                           "tokens/student_scored": counters["student_scored"],
+                           "tokens/teacher_forward": counters["teacher_tokens"],
+                           "tokens/teacher_scored": counters["teacher_scored"]})
             if not finite:
-                record["skipped_ids"] = rolled.ids
+                record["skipped_ids"] = batch_ids
             metrics_log.write(record)
             metrics_log.write_sample(state["step"], rolled.ids[0],
                                      tokenizer.decode(rolled.completions[0], skip_special_tokens=True))
@@ -360,31 +411,43 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
                     f"{cfg.optim.max_bad_steps}); stopped at step {state['step']}. "
                     + (f"The last good checkpoint is {last}. " if last else "No checkpoint was written yet. ")
                     + "Try a lower optim.lr or objective.temperature.")
+            if dp.enabled and (state["step"] % distributed.CHECK_EVERY == 0 or state["step"] == total):
+                distributed.check_replicas_equal(named_params, f"after step {state['step']}")
             if state["step"] % cfg.output.checkpoint_every == 0 or state["step"] == total:
-                ckpt.save_checkpoint(run_dir, state["step"], model=model, optimizer=optimizer, scheduler=scheduler,
-                                     teacher=teacher, state=state, rng=sampling_rng, keep=cfg.output.keep_last)
+                # every rank's random streams, so that a resumed run samples what this one would have
+                rank_rngs = (distributed.all_gather_object(ckpt.rank_rng_state(sampling_rng)) if dp.enabled
+                             else None)
+                if dp.is_main:
+                    ckpt.save_checkpoint(run_dir, state["step"], model=model, optimizer=optimizer,
+                                         scheduler=scheduler, teacher=teacher, state=state, rng=sampling_rng,
+                                         keep=cfg.output.keep_last, rank_rngs=rank_rngs)
     metrics_log.close()
+    if dp.enabled and os.environ.get("UNISD_DEBUG_RANK_DUMP"):  # tests: every rank's final weights
+        distributed.dump_rank_params(named_params, run_dir / "debug" / f"rank-{dp.rank}.pt")
 
     after = None
-    if cfg.eval.after:
+    if dp.is_main and cfg.eval.after:
         after = evaluate(model, tokenizer, task, eval_examples, max_new_tokens=cfg.eval.max_new_tokens,
                          batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description="eval (tuned)",
                          show_progress=show_progress, retention=cfg.model.finetune == "lora")
         save_eval(after, run_dir / "eval" / "after.json")
     summary = {"recipe": cfg.recipe, "task": cfg.data.task, "model": cfg.model.name, "steps": state["step"],
                "skipped_steps": state["skipped_steps"], "data": report.as_dict(),
-               "seconds": time.perf_counter() - t_start, "device": str(device), "peak_memory_gb": max(
+               "seconds": time.perf_counter() - t_start, "device": str(device), "processes": dp.world_size,
+               "peak_memory_gb": max(
                    [peak_memory_gb()] + [e["aggregate"].get("resources", {}).get("process_peak_memory_gb", 0.0)
                                          for e in (before, after) if e]),
                "run_dir": str(run_dir),
                "before": before["aggregate"] if before else None, "after": after["aggregate"] if after else None}
-    write_json(run_dir / "summary.json", summary)
-    try:
-        from unisd.reporting.plots import plot_run
+    if dp.is_main:
+        write_json(run_dir / "summary.json", summary)
+        try:
+            from unisd.reporting.plots import plot_run
 
-        plot_run(run_dir)
-    except ImportError:  # matplotlib is a dependency, but a broken install should not lose the run
-        pass
+            plot_run(run_dir)
+        except ImportError:  # matplotlib is a dependency, but a broken install should not lose the run
+            pass
+    distributed.barrier()  # the other ranks wait for rank 0's evaluation and files
     return RunResult(run_dir, state["step"], before, after, summary)
 
 
@@ -423,7 +486,9 @@ def task_options(cfg: RunConfig) -> dict[str, Any]:
     return opts
 
 
-def _step_record(step, sums, n_tokens, roll_stats, grad_norm, scheduler, t_gen, t_fb, t_opt, finite, rows) -> dict:
+def _step_record(step, sums, n_tokens, roll_stats, grad_norm, scheduler, times, finite, rows) -> dict:
+    t_gen, t_fb, t_sync, t_opt = times
+    t_step = max(t_gen + t_fb + t_sync + t_opt, 1e-9)
     n = max(n_tokens, 1)
     record: dict[str, Any] = {"step": step}
     record["loss"] = sums.get("loss/total_sum", sums.get("loss/nll_sum", 0.0)) / n
@@ -442,8 +507,8 @@ def _step_record(step, sums, n_tokens, roll_stats, grad_norm, scheduler, t_gen, 
     record.update(roll_stats)
     record.update({"tokens": n_tokens, "rows": rows, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
                    "finite": finite, "time/generate_s": t_gen, "time/forward_backward_s": t_fb,
-                   "time/optimizer_s": t_opt,
-                   "tokens_per_s": n_tokens / max(t_gen + t_fb + t_opt, 1e-9),
+                   "time/sync_s": t_sync, "time/optimizer_s": t_opt,
+                   "tokens_per_s": n_tokens / t_step, "rows_per_s": rows / t_step,
                    "peak_memory_gb": peak_memory_gb()})
     return record
 

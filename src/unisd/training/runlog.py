@@ -131,3 +131,16 @@ class MetricsLog:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+class NullLog:
+    """What the ranks other than 0 log under data parallelism: nothing (rank 0 logs global sums)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def write_sample(self, step: int, example_id: str, completion: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

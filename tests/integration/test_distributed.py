@@ -1,0 +1,183 @@
+"""Data parallelism on CPU (gloo): `torchrun --nproc_per_node 2 -m unisd train` against one
+process with the same global batch, replicas that stay identical, and exact resume; plus the
+collectives themselves in two spawned processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from unisd.config.schema import ConfigError
+from unisd.training import distributed
+
+# --standalone: a local rendezvous on a free port, so parallel test runs do not collide
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+COMPARED = ("loss", "grad_norm", "tokens", "rows", "lr", "loss/divergence", "loss/nll")
+
+
+def _sets(model_dir: Path, root: Path, name: str, *extra: str) -> list[str]:
+    sets = [f"model.name={model_dir}", "data.task=arithmetic", "data.train_limit=24", "optim.steps=3",
+            "optim.batch_size=4", "optim.micro_batch_size=1", "rollout.max_new_tokens=8", "eval.before=false",
+            "eval.after=false", f"output.root={root}", f"output.name={name}", "model.lora_r=4", *extra]
+    return [x for s in sets for x in ("--set", s)]
+
+
+def _run(launcher: list[str], *args: str, debug_dump: bool = False) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("UNISD_DEBUG_RANK_DUMP", None)
+    if debug_dump:
+        env["UNISD_DEBUG_RANK_DUMP"] = "1"
+    # A session of its own, so a hang kills torchrun *and* its workers.
+    proc = subprocess.Popen([*launcher, "-m", "unisd", "train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("recipe, extra", [("sft", ()), ("gkd", ("rollout.on_policy_fraction=0",))])
+def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, tmp_path, recipe, extra):
+    """Gold completions (no sampling): two ranks of 2 rows each give one process's 4-row step,
+    loss and gradient norm, up to float summation order."""
+    _run([sys.executable], recipe, *_sets(tiny_model_dir, tmp_path, "one", *extra))
+    _run(TORCHRUN, recipe, *_sets(tiny_model_dir, tmp_path, "two", *extra))
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [m["step"] for m in two] == [1, 2, 3]
+    assert [m["processes"] for m in two] == [2, 2, 2]
+    for a, b in zip(one, two, strict=True):
+        for key in COMPARED:
+            if key in a:
+                # abs: GKD's JSD here is ~2e-5, a difference of log-probs of size ~5, so the
+                # last-bit differences of the weights after step 1 show up at ~1e-9
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-8), (a["step"], key)
+    # only rank 0 writes the run directory: one line per step, one summary
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+    assert len((tmp_path / "two" / "samples.jsonl").read_text().splitlines()) == 3
+
+
+def test_sampling_run_keeps_replicas_identical_and_resumes_exactly(tiny_model_dir, tmp_path):
+    """SDFT with each rank sampling its own completions: finite steps, identical trainable weights
+    on both ranks at the end, and a resume from the step-2 checkpoint that logs what the
+    uninterrupted run logged (every rank's sampling stream is restored). Evaluation runs on rank 0
+    while rank 1 waits."""
+    sets = _sets(tiny_model_dir, tmp_path, "ref", "optim.steps=4", "output.checkpoint_every=2",
+                 "eval.before=true", "eval.after=true", "eval.limit=4", "eval.max_new_tokens=4")
+    _run(TORCHRUN, "sdft", *sets, debug_dump=True)
+    ref = tmp_path / "ref"
+    assert json.loads((ref / "eval" / "after.json").read_text())["aggregate"]["n"] == 4
+    want = _metrics(ref)
+    assert [m["step"] for m in want] == [1, 2, 3, 4]
+    assert all(m["finite"] and m["tokens"] > 0 and m["rollout/on_policy_rows"] == 4 for m in want)
+    rank0, rank1 = (torch.load(ref / "debug" / f"rank-{r}.pt") for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and rank0
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any("lora_B" in k and rank0[k].abs().sum() > 0 for k in rank0)  # they did train
+
+    # The same run, interrupted after the step-2 checkpoint: no step-4 checkpoint, metrics cut at 2.
+    run = tmp_path / "cut"
+    shutil.copytree(ref, run, ignore=shutil.ignore_patterns("debug", "summary.json", "training.png"))
+    shutil.rmtree(run / "checkpoints" / "step-000004")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    _run(TORCHRUN, "--resume", str(run))
+    got = _metrics(run)
+    assert [m["step"] for m in got] == [1, 2, 3, 4]
+    for a, b in zip(got, want, strict=True):
+        for key in COMPARED + ("rollout/completion_len", "rollout/repetition"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key)
+
+
+# ---- the pieces, without a model ----------------------------------------------------------------
+
+def _workers(rank: int, world: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        distributed.BUCKET_ELEMENTS = 5  # several buckets, one tensor larger than a bucket
+        a = torch.nn.Parameter(torch.zeros(3))
+        b = torch.nn.Parameter(torch.zeros(2, 4))
+        c = torch.nn.Parameter(torch.zeros(2))
+        a.grad = torch.full((3,), float(rank + 1))
+        b.grad = torch.arange(8.0).view(2, 4) * (rank + 1)
+        if rank == 0:  # rank 1 has no gradient for c: it counts as zeros
+            c.grad = torch.tensor([1.0, 2.0])
+        distributed.sync_gradients([a, b, c])
+        assert torch.equal(a.grad, torch.full((3,), 3.0))
+        assert torch.equal(b.grad, torch.arange(8.0).view(2, 4) * 3)
+        assert torch.equal(c.grad, torch.tensor([1.0, 2.0]))
+
+        sums, counts = distributed.sum_over_ranks({"loss/total_sum": 1.5 * (rank + 1), "w_last": rank},
+                                                  {"rows": 2} if rank == 0 else {})
+        assert sums == {"loss/total_sum": 4.5, "w_last": 0} and counts == {"rows": 2}
+        assert int(distributed.all_reduce_sum(torch.tensor(rank + 1))) == 3
+
+        same = [("w", torch.ones(4))]
+        distributed.check_replicas_equal(same, "test")
+        differ = [("w", torch.ones(4) * (1 + rank * 1e-7))]
+        with pytest.raises(RuntimeError, match="replicas differ"):
+            distributed.check_replicas_equal(differ, "test")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collectives_in_two_processes(tmp_path):
+    torch.multiprocessing.spawn(_workers, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+def test_alone_everything_is_a_no_op(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    ctx = distributed.init()
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.enabled) == (0, 1, True, False)
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.ones(2)
+    distributed.sync_gradients([p])
+    assert torch.equal(p.grad, torch.ones(2))
+    parts = ({"a": 1.0},)
+    assert distributed.sum_over_ranks(*parts) == parts
+
+
+@pytest.mark.parametrize("sets, world, message", [
+    (["optim.batch_size=3", "optim.micro_batch_size=1"], 2,
+     r"optim.batch_size \(3\) must be a multiple of the number of processes \(2\)"),
+    (["optim.batch_size=4", "optim.micro_batch_size=4"], 2,
+     r"2 rows per rank\) must be a multiple of optim.micro_batch_size \(4\)"),
+    (["optim.batch_size=4", "optim.micro_batch_size=2", "rollout.backend=vllm"], 2, r"rollout.backend: 'vllm'"),
+])
+def test_config_errors_name_the_fields(sets, world, message):
+    from unisd.config import load_config
+
+    distributed.check_config(load_config("sdft", ["optim.batch_size=4", "optim.micro_batch_size=2"]), 2)
+    distributed.check_config(load_config("sdft", sets), 1)  # one process: nothing to split
+    with pytest.raises(ConfigError, match=message):
+        distributed.check_config(load_config("sdft", sets), world)
+
+
+def test_resume_with_another_process_count_is_refused(tmp_path):
+    from unisd.training.checkpoint import MARKER, load_checkpoint
+
+    path = tmp_path / "step-000002"
+    path.mkdir()
+    (path / MARKER).write_text("2")
+    torch.save({"ranks": [{}, {}]}, path / "trainer_state.pt")
+    with pytest.raises(ConfigError, match=r"2 process\(es\); resume it with the same number "
+                                          r"\(torchrun --nproc_per_node 2\), not 1"):
+        load_checkpoint(path, model=None, optimizer=None, scheduler=None, teacher=None, rng=None)
