@@ -242,7 +242,16 @@ def load_model_and_tokenizer(cfg: ModelConfig, *, device: str | torch.device = "
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg.dtype, device)}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(device)
+    from transformers.utils import logging as hf_logging
+
+    # A dense local folder loads in about a second: transformers' per-tensor progress bar is noise.
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(device)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prepare_tokenizer(tokenizer)
     max_pos = getattr(model.config, "max_position_embeddings", None)
