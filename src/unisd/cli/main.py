@@ -9,7 +9,6 @@ clear message and exit with status 2 instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

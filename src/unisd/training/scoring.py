@@ -7,6 +7,6 @@ import path working.
 
 from __future__ import annotations
 
-from unisd.scoring import View, _unwrap, completion_outputs, decoder_and_head  # noqa: F401  (re-exported)
+from unisd.scoring import View, completion_outputs, decoder_and_head  # noqa: F401  (re-exported)
 
 __all__ = ["View", "completion_outputs", "decoder_and_head"]
