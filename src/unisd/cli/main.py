@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from unisd.config.schema import ConfigError
-    from unisd.errors import ModelNotInstalledError, ResourceError, TrainingStopped, UnknownNameError
+    from unisd.errors import (ModelNotInstalledError, ResourceError, TrainingStopped, UnknownNameError,
+                              WeightsMismatchError)
     from unisd.models.loading import ModelLoadError
     from unisd.tasks.base import DataError
 
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     # Only errors the user can fix: any other exception (a plain KeyError included) is a bug and
     # keeps its traceback.
     except (ConfigError, DataError, FileNotFoundError, ModelLoadError, ModelNotInstalledError, UnknownNameError,
-            TrainingStopped, ResourceError) as err:
+            WeightsMismatchError, TrainingStopped, ResourceError) as err:
         print(f"unisd {args.command}: error: {err}", file=sys.stderr)
         return 2
 

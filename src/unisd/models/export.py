@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from unisd.errors import WeightsMismatchError
 from torch import nn
 
 from unisd.models.lora import STUDENT_ADAPTER, is_lora, quiet_peft
@@ -65,12 +67,17 @@ def load_weights(model: nn.Module, src_dir: str | Path) -> None:
             raise ValueError(f"{src} holds no LoRA adapter (kind {kind!r}) but the model is a LoRA model")
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(model, load_file(src / _ADAPTER_FILE, device=str(device)),
-                                           adapter_name=STUDENT_ADAPTER)
+        try:
+            result = set_peft_model_state_dict(model, load_file(src / _ADAPTER_FILE, device=str(device)),
+                                               adapter_name=STUDENT_ADAPTER)
+        except RuntimeError as err:  # torch reports shape mismatches this way
+            raise WeightsMismatchError(f"adapter in {src} does not fit the model (trained with another model or "
+                                       f"LoRA rank?): {str(err).splitlines()[1].strip()}") from err
         missing = [k for k in result.missing_keys if "lora_" in k and f".{STUDENT_ADAPTER}." in k]
         if result.unexpected_keys or missing:
-            raise KeyError(f"adapter in {src} does not match the model: unexpected "
-                           f"{result.unexpected_keys[:3]}, missing {missing[:3]}")
+            raise WeightsMismatchError(f"adapter in {src} does not match the model (trained with another model "
+                                       f"or LoRA rank?): unexpected {result.unexpected_keys[:3]}, "
+                                       f"missing {missing[:3]}")
         return
     if kind == "lora":
         raise ValueError(f"{src} holds a LoRA adapter but the model has none; call apply_lora first")
@@ -79,14 +86,18 @@ def load_weights(model: nn.Module, src_dir: str | Path) -> None:
         state.update(load_file(f, device=str(device)))
     if not state:
         raise FileNotFoundError(f"no safetensors weights in {src}")
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise WeightsMismatchError(f"weights in {src} do not fit the model (trained with another model?): "
+                                   f"{str(err).splitlines()[1].strip()}") from err
     # save_pretrained drops tied duplicates (lm_head.weight): those may be missing, nothing else.
     loaded = {model.get_parameter(k).data_ptr() for k in state if _has_param(model, k)}
     missing = [k for k in result.missing_keys
                if not (_has_param(model, k) and model.get_parameter(k).data_ptr() in loaded)]
     if result.unexpected_keys or missing:
-        raise KeyError(f"weights in {src} do not match the model: unexpected {result.unexpected_keys[:3]}, "
-                       f"missing {missing[:3]}")
+        raise WeightsMismatchError(f"weights in {src} do not match the model (trained with another model?): "
+                                   f"unexpected {result.unexpected_keys[:3]}, missing {missing[:3]}")
 
 
 def _has_param(model: nn.Module, name: str) -> bool:

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
+
+from unisd.errors import WeightsMismatchError
 from torch import nn
 
 from unisd.models.lora import STUDENT_ADAPTER, adapter_pairs, is_lora
@@ -192,7 +194,7 @@ class TeacherWeights:
         ema = state["ema"]
         missing = set(self._names) - set(ema)
         if missing or len(ema) != len(self._names):
-            raise KeyError(f"teacher EMA state does not match the model (missing {sorted(missing)[:3]}...)")
+            raise WeightsMismatchError(f"teacher EMA state does not match the model (missing {sorted(missing)[:3]}...)")
         for i, (name, t) in enumerate(zip(self._names, self._teacher)):
             t.copy_(ema[name])
             if self._master is not None:

@@ -103,6 +103,15 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     console = console or Console(quiet=not dp.is_main)
     show_progress = show_progress and dp.is_main
     t_start = time.perf_counter()
+
+    # ---- task and data first: a bad name or file fails before a run directory or any model time ----
+    task = get_task(cfg.data.task, **task_options(cfg))
+    check_can_score(task, cfg)
+    train_examples = task.load(cfg.data.train_split, data_dir=cfg.data.data_dir, limit=cfg.data.train_limit,
+                               seed=cfg.optim.seed)
+    eval_examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit,
+                              seed=cfg.optim.seed) if cfg.eval.before or cfg.eval.after else []
+
     run_dir = Path(resume_dir) if resume_dir else distributed.broadcast_object(
         make_run_dir(cfg) if dp.is_main else None)  # a derived name holds a timestamp: rank 0's counts
     if dp.is_main:
@@ -111,14 +120,6 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
         write_json(run_dir / "fingerprint.json", fingerprint())
     seed_everything(cfg.optim.seed)
     device = dp.device if dp.enabled else pick_device()
-
-    # ---- task and data first: a bad name or file fails before any model time is spent ----
-    task = get_task(cfg.data.task, **task_options(cfg))
-    check_can_score(task, cfg)
-    train_examples = task.load(cfg.data.train_split, data_dir=cfg.data.data_dir, limit=cfg.data.train_limit,
-                               seed=cfg.optim.seed)
-    eval_examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit,
-                              seed=cfg.optim.seed) if cfg.eval.before or cfg.eval.after else []
     with distributed.main_first():  # rank 0 converts the model and fills the caches; the rest reuse them
         model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
         stops = eos_ids(tokenizer, model)
