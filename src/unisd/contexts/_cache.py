@@ -10,10 +10,9 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Iterable
 
+from unisd.fileio import atomic_write_bytes
 from unisd.tasks.base import Example
 
 log = logging.getLogger(__name__)
@@ -28,24 +27,6 @@ def content_key(obj: Any) -> str:
 def examples_fingerprint(examples: Iterable[Example]) -> str:
     """Hash of every field of the examples that can shape generated text, in the given order."""
     return content_key([[e.id, e.prompt, e.answer, e.demonstration, list(e.choices)] for e in examples])
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder and `os.replace`, so a
-    reader never sees a half-written file (a crash leaves the old file or none)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json_cache(path: str | os.PathLike, key: str, payload: dict[str, Any]) -> None:

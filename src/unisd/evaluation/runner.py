@@ -11,7 +11,7 @@ use is measured (`resources`). It does not train, and it never imports `training
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from unisd.errors import ResourceError
+from unisd.fileio import write_json
 from unisd.evaluation.loglik import score_options
 from unisd.evaluation.resources import ResourceMeter
 from unisd.evaluation.retention import retention_metrics
@@ -96,7 +97,7 @@ def evaluate(model: torch.nn.Module, tokenizer, task: Task, examples: Sequence[E
     try:
         with meter:
             start = time.perf_counter()
-            with progress if show_progress else _nullcontext():
+            with progress if show_progress else contextlib.nullcontext():
                 bar = progress.add_task(desc, total=total) if show_progress else None
                 for lo in range(0, len(examples), batch_size):
                     chunk = list(examples[lo:lo + batch_size])
@@ -194,21 +195,10 @@ def _max_length(model) -> int | None:
 
 
 def save_eval(result: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    write_json(path, result)
 
 
 def format_accuracy(agg: dict[str, Any], key: str = "accuracy") -> str:
     m = agg[key]
     return f"{100 * m['mean']:.1f}% [{100 * m['lo']:.1f}, {100 * m['hi']:.1f}] (n={m['n']})"
 
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -8,7 +8,6 @@ back to the checkpoint's step, so the file matches an uninterrupted run line for
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import subprocess
@@ -19,13 +18,7 @@ from typing import Any
 
 import torch
 
-
-def write_json(path: str | Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+from unisd.fileio import write_json  # noqa: F401  (re-exported: the loop writes run files with it)
 
 
 def make_run_dir(cfg) -> Path:
