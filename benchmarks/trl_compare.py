@@ -143,7 +143,8 @@ def trl_worker(args: argparse.Namespace) -> None:
     from unisd.models.loading import prepare_tokenizer
     from unisd.tasks import get_task
     from unisd.training.data import prepare_rows
-    from unisd.training.loop import epoch_order, task_options
+    from unisd.training.evals import task_options
+    from unisd.training.loop import epoch_order
 
     batch, folder = args.trl_worker, Path(args.model_folder)
     cuda = torch.cuda.is_available()

@@ -112,7 +112,7 @@ def task_prompts(cfg: RunConfig, tokenizer, n: int) -> list[list[int]]:
     """`n` student chat prompts of the configured task (cycled if the split is smaller)."""
     from unisd.prompting import chat_prompt_ids
     from unisd.tasks import get_task
-    from unisd.training.loop import task_options
+    from unisd.training.evals import task_options
 
     task = get_task(cfg.data.task, **task_options(cfg))
     examples = task.load(cfg.data.train_split, data_dir=cfg.data.data_dir, limit=n, seed=cfg.optim.seed)

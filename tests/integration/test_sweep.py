@@ -137,3 +137,43 @@ def test_a_failed_child_is_reported_and_the_sweep_exits_1(tmp_path, tiny_model_d
     path = write_sweep(tmp_path / "grid.yaml", tiny_model_dir, tmp_path / "grid", recipes=["sft"])
     assert main(["sweep", str(path), "--devices", "0"]) == 1
     assert "failed" in capsys.readouterr().out
+
+
+def test_duplicate_devices_run_cells_side_by_side(tmp_path, tiny_model_dir, monkeypatch):
+    # "0,0" is two slots on one GPU: two children overlap in time there.
+    import sys
+
+    from unisd.training import sweep as sweep_mod
+
+    child = ("import json, os, sys, time; t0 = time.time(); time.sleep(0.5); "
+             "open(os.path.join(sys.argv[1], 'summary.json'), 'w').write(json.dumps("
+             "{'device': os.environ['CUDA_VISIBLE_DEVICES'], 'span': [t0, time.time()]}))")
+    monkeypatch.setattr(sweep_mod, "_command", lambda cell: [sys.executable, "-c", child, str(cell.run_dir)])
+    path = write_sweep(tmp_path / "grid.yaml", tiny_model_dir, tmp_path / "grid", recipes=["sft", "sdft"])
+    cells = sweep_mod.run_sweep(path, devices=["0", "0"], poll_s=0.05)
+    assert [c.status for c in cells] == ["trained"] * 2
+    spans = sorted(json.loads((c.run_dir / "summary.json").read_text())["span"] for c in cells)
+    assert spans[0][1] > spans[1][0]  # overlapping
+
+
+def test_per_task_settings_several_files_and_the_shared_base_cache(tmp_path, tiny_model_dir):
+    from unisd.training.sweep import run_sweep
+
+    root = tmp_path / "grid"
+    first = write_sweep(tmp_path / "a.yaml", tiny_model_dir, root, recipes=["sft"],
+                        per_task={"arithmetic": {"optim.steps": 1}})
+    second = write_sweep(tmp_path / "b.yaml", tiny_model_dir, root, recipes=["sft", "sdft"])
+    spec = read_sweep(first)
+    assert spec["set"]["eval.base_cache"] == str(root / "base_evals")
+    assert plan_cells(spec)[0].cfg.optim.steps == 1
+    bad = write_sweep(tmp_path / "c.yaml", tiny_model_dir, root, per_task={"gsm8k": {"optim.steps": 1}})
+    with pytest.raises(ConfigError, match="per_task names gsm8k, which tasks does not list"):
+        read_sweep(bad)
+
+    cells = run_sweep([first, second], show_progress=False)  # sft is in both files: it runs once
+    assert [(c.recipe, c.status) for c in cells] == [("sft", "trained"), ("sdft", "trained")]
+    assert json.loads((cells[0].run_dir / "summary.json").read_text())["steps"] == 1
+    cached = list((root / "base_evals").glob("arithmetic-*.json"))
+    assert len(cached) == 1  # one base evaluation, shared by both cells
+    befores = [json.loads((c.run_dir / "eval" / "before.json").read_text()) for c in cells]
+    assert befores[0] == befores[1] == json.loads(cached[0].read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,29 @@ def test_cli_errors_are_one_clear_line(argv, message, capsys, tiny_model_dir):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_extra_tasks_are_evaluated_before_and_after_and_reported(tiny_model_dir, tmp_path):
+    """eval.extra_tasks: the run also scores another task's items (out-of-distribution transfer),
+    and `unisd report` shows it as its own column "<task> (from <trained task>)"."""
+    from unisd.config.io import load_config
+    from unisd.reporting.report import build_report
+    from unisd.training.loop import train
+
+    fixtures = Path(__file__).parents[1] / "fixtures" / "data"
+    cfg = load_config("sft", [f"model.name={tiny_model_dir}", "data.task=arithmetic", f"data.data_dir={fixtures}",
+                              "data.train_limit=4", "optim.steps=1", "optim.batch_size=2",
+                              "optim.micro_batch_size=2", "eval.limit=2", "eval.max_new_tokens=4",
+                              "eval.extra_tasks=[gsm8k]", f"output.root={tmp_path}", "output.name=run"])
+    result = train(cfg, show_progress=False)
+    run = tmp_path / "run"
+    for which in ("before", "after"):
+        extra = json.loads((run / "eval" / "gsm8k" / f"{which}.json").read_text())
+        assert extra["aggregate"]["accuracy"]["n"] == 2
+        assert len(extra["items"]) == 2 and [it["id"] for it in extra["items"]] == ["test-0", "test-1"]
+        assert result.summary["extra_tasks"]["gsm8k"][which]["accuracy"]["n"] == 2
+    out = build_report([run], tmp_path / "report", focus="sft")
+    tasks = {r["task"] for r in out["accuracy"]}
+    assert tasks == {"arithmetic", "gsm8k (from arithmetic)"}
+    assert len(out["cost"]) == 1  # the transfer view has no cost of its own
+    assert "gsm8k (from arithmetic)" in (tmp_path / "report" / "report.md").read_text()

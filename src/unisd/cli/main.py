@@ -78,7 +78,8 @@ def cmd_eval(args) -> int:
     from unisd.evaluation.runner import evaluate, format_accuracy, save_eval
     from unisd.models import load_model_and_tokenizer
     from unisd.tasks import get_task
-    from unisd.training.loop import pick_device, task_options
+    from unisd.training.evals import task_options
+    from unisd.training.loop import pick_device
 
     if args.adapter:
         cfg = read_run_config(args.adapter)
@@ -187,7 +188,7 @@ def cmd_sweep(args) -> int:
     from unisd.training.sweep import print_progress, run_sweep
 
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
-    cells = run_sweep(args.sweep_file, devices=devices)
+    cells = run_sweep(args.sweep_files, devices=devices)
     print_progress(cells)
     return 1 if any(c.status.startswith("failed") for c in cells) else 0
 
@@ -328,9 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("sweep", help="train a grid of recipes x tasks x models x seeds (resumable)")
-    p.add_argument("sweep_file", help="YAML: lists recipes, tasks, models, seeds; optional set:, root:")
-    p.add_argument("--devices", help="comma-separated GPU ids, e.g. 0,1: one `unisd train` child per device "
-                                     "(CUDA_VISIBLE_DEVICES); default: one cell after another in-process")
+    p.add_argument("sweep_files", nargs="+", metavar="sweep_file",
+                   help="YAML: lists recipes, tasks, models, seeds; optional set:, per_task:, root:. Several "
+                        "files form one queue, in order")
+    p.add_argument("--devices", help="comma-separated GPU ids, e.g. 0,1: one `unisd train` child per entry "
+                                     "(CUDA_VISIBLE_DEVICES); list a GPU twice (0,0,1,1) to run two cells on it "
+                                     "at once; default: one cell after another in-process")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("report", help="report.md, results.csv and plots from run directories")

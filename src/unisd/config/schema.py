@@ -352,10 +352,18 @@ class EvalConfig:
     """Evaluate the tuned model after training."""
     execute_code: bool = False
     """Allow running model-written code in the sandbox; code tasks refuse to score without it."""
+    extra_tasks: list[str] = field(default_factory=list)
+    """Further tasks evaluated before and after training with the same settings (out-of-distribution
+    transfer, e.g. [humaneval] after training on mbpp); results in eval/<task>/{before,after}.json."""
+    base_cache: str | None = None
+    """Folder where base-model evaluations are shared between runs that evaluate the same model on the
+    same items with the same settings (`unisd sweep` sets it); None: every run evaluates its own."""
 
     def validate(self, p: str = "eval") -> None:
         if self.limit is not None:
             _range(f"{p}.limit", self.limit, 1)
+        if not isinstance(self.extra_tasks, list) or not all(isinstance(t, str) for t in self.extra_tasks):
+            raise ConfigError(f"{p}.extra_tasks: expected a list of task names, got {self.extra_tasks!r}")
         _range(f"{p}.max_new_tokens", self.max_new_tokens, 1)
         _range(f"{p}.batch_size", self.batch_size, 1)
 

@@ -73,6 +73,16 @@ class _Energy:
             self.error = f"NVML energy counter unavailable: {err}"
             return None
 
+    def processes(self) -> int | None:
+        """Compute processes on the visible GPUs now (the energy counter is per GPU, so it also
+        counts whatever else runs there)."""
+        if self.pynvml is None:
+            return None
+        try:
+            return max(len(self.pynvml.nvmlDeviceGetComputeRunningProcesses(h)) for h in self.handles)
+        except Exception:  # not supported in some containers
+            return None
+
     def close(self) -> None:
         if self.pynvml is not None:
             try:
@@ -110,6 +120,7 @@ class ResourceMeter:
         self.peak_memory_gb = self.process_peak_memory_gb = 0.0
         self.energy_j: float | None = None
         self.energy_error: str | None = None
+        self.gpu_processes: int | None = None
         self._peak_before = 0.0
 
     def add_tokens(self, n: int) -> None:
@@ -124,6 +135,7 @@ class ResourceMeter:
         if self.use_energy:
             self._energy = _Energy()
             self._energy_start = self._energy.read_mj()
+            self.gpu_processes = self._energy.processes()
         self._cpu_start = time.process_time()
         self._start = time.perf_counter()
         return self
@@ -143,6 +155,8 @@ class ResourceMeter:
             if end is not None and self._energy_start is not None:
                 self.energy_j = (end - self._energy_start) / 1000.0
             self.energy_error = self._energy.error
+            seen = [n for n in (self.gpu_processes, self._energy.processes()) if n is not None]
+            self.gpu_processes = max(seen) if seen else None
             self._energy.close()
         else:
             self.energy_error = "not measured (energy=False)"
@@ -162,5 +176,6 @@ class ResourceMeter:
             out["energy_unavailable"] = self.energy_error
         else:
             out["energy_source"] = "nvml_total_energy"
+            out["gpu_processes"] = self.gpu_processes  # >1: the GPU's counter also counted other processes
             out["joules_per_token"] = self.energy_j / self.tokens if self.tokens else None
         return out

@@ -85,6 +85,11 @@ def render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cos
          "/".join(map(str, sorted(set(r["n"]))))] for r in acc]))
     if duplicates:
         parts.append("".join(f"- **warning:** {d}\n" for d in duplicates))
+    for model, (header, rows) in method_task_tables(acc).items():
+        parts.append(f"### {model}: methods × tasks\n\nMean accuracy (%) over seeds; `avg` is the mean over "
+                     "the columns, given only for methods that have every column; `(from X)` columns evaluate "
+                     "runs trained on X.\n")
+        parts.append(_table(header, rows))
 
     parts.append(f"## Paired comparison: {focus} vs the strongest other method\n\nPer (task, model), "
                  f"`{focus}` against the other method with the highest accuracy (base included), on the "
@@ -129,15 +134,38 @@ def render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cos
                  f"4-grams, mean of the first and of the last {T.WINDOW} steps with on-policy samples. "
                  f"Flagged when the length ends below {T.LENGTH_DROP:.0%} of its start or repetition ends "
                  f"above {T.REPETITION_MAX}.\n")
+    parts.append("Student entropy: mean entropy (nats) of the student's distribution on the tokens it "
+                 "learns from; `steps warned`: steps the training loop flagged live (collapse/flags in "
+                 "metrics.jsonl).\n")
     parts.append(_table(["run", "method", "task", "model", "seed", "accuracy", "length first",
-                         "length last", "repetition first", "repetition last", "flag"], [
+                         "length last", "entropy first", "entropy last", "repetition first", "repetition last",
+                         "steps warned", "flag"], [
         [r["run"], r["method"], r["task"], r["model"], r["seed"], _pct(r["accuracy"]),
-         _num(r["len_first"], ".1f"), _num(r["len_last"], ".1f"), _num(r["rep_first"]), _num(r["rep_last"]),
+         _num(r["len_first"], ".1f"), _num(r["len_last"], ".1f"), _num(r["ent_first"]), _num(r["ent_last"]),
+         _num(r["rep_first"]), _num(r["rep_last"]), r["warned"],
          f"**{r['collapse']}**" if r["collapse"] else ("no samples" if not r["sampled_steps"] else "ok")]
         for r in collapse]))
 
     parts.append("## Plots\n\n" + "".join(f"![{p.stem}]({p.name})\n\n" for p in plots))
     return "\n".join(parts)
+
+
+def method_task_tables(acc: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Per model, the paper's layout: a row per method (base first), a column per task, and the
+    average over the tasks."""
+    out = {}
+    for model in dict.fromkeys(r["model"] for r in acc):
+        rows = [r for r in acc if r["model"] == model]
+        tasks = sorted({r["task"] for r in rows}, key=lambda t: ("(from" in t, t))
+        methods = sorted({r["method"] for r in rows}, key=lambda m: (m != T.BASE, m))
+        value = {(r["method"], r["task"]): r["accuracy"] for r in rows}
+        body = []
+        for method in methods:
+            cells = [value.get((method, t)) for t in tasks]
+            avg = None if any(_missing(c) for c in cells) else sum(cells) / len(cells)
+            body.append([method, *[_pct(c) for c in cells], _pct(avg)])
+        out[model] = (["method", *tasks, "avg"], body)
+    return out
 
 
 def _write_csv(path: Path, acc, ret, cost) -> None:

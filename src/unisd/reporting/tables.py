@@ -55,6 +55,9 @@ class Run:
     """How tables name the run: its folder name, with the parent's when two runs share it."""
     model_label: str = ""
     """How tables name the model: the basename of model.name, or all of it when two models share it."""
+    transfer: bool = False
+    """A view of a run's evaluation on one of its eval.extra_tasks: task is "<extra> (from <trained>)";
+    it has no metrics or cost of its own."""
 
     @property
     def name(self) -> str:
@@ -104,9 +107,23 @@ def load_run(path: str | Path) -> Run:
                metrics=_read_metrics(path / "metrics.jsonl"))
 
 
+def transfer_runs(run: Run) -> list[Run]:
+    """One view per extra (out-of-distribution) task the run was evaluated on."""
+    views = []
+    for name, agg in sorted((run.summary.get("extra_tasks") or {}).items()):
+        folder = run.path / "eval" / name
+        views.append(Run(path=run.path, method=run.method, task=f"{name} (from {run.task})", model=run.model,
+                         seed=run.seed, summary={"before": (agg or {}).get("before"),
+                                                 "after": (agg or {}).get("after")},
+                         before=_read_json(folder / "before.json"), after=_read_json(folder / "after.json"),
+                         transfer=True))
+    return views
+
+
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    runs = [load_run(p) for p in find_run_dirs(paths)]
-    names = [r.name for r in runs]
+    trained = [load_run(p) for p in find_run_dirs(paths)]
+    runs = trained + [view for run in trained for view in transfer_runs(run)]
+    names = [r.name for r in trained]
     short = {m: Path(m.rstrip("/")).name or m for m in {r.model for r in runs}}
     for run in runs:
         run.label = run.name if names.count(run.name) == 1 else f"{run.path.parent.name}/{run.name}"
@@ -119,6 +136,8 @@ def duplicate_notes(runs: list[Run]) -> list[str]:
     with different --set values). They are counted as extra seeds of one method, so say so."""
     seen: dict[tuple, list[str]] = {}
     for run in runs:
+        if run.transfer:
+            continue
         seen.setdefault((run.task, run.model_label, run.method, run.seed), []).append(run.label)
     return [f"runs {', '.join(names)} share task {key[0]}, model {key[1]}, recipe {key[2]} and seed "
             f"{key[3]}: the tables count them as seeds of one method; give the variants their own recipe "
@@ -261,7 +280,7 @@ def cost_rows(runs: list[Run]) -> list[dict[str, Any]]:
     training energy only where the summary recorded resources, eval energy from the NVML
     counters of eval/before.json and eval/after.json."""
     rows = []
-    for run in runs:
+    for run in (r for r in runs if not r.transfer):
         evals = [((e or {}).get("aggregate") or {}).get("resources") for e in (run.before, run.after)]
         kind = next((r.get("peak_memory_kind") for r in evals if r), None)
         tokens = [r["tokens"] for r in run.metrics if isinstance(r.get("tokens"), (int, float))]
@@ -285,12 +304,14 @@ def collapse_rows(runs: list[Run]) -> list[dict[str, Any]]:
     Steps without on-policy samples (SFT, GKD's gold half of a batch decided per row) are left
     out: their completion length is 0 by construction, not a collapse."""
     rows = []
-    for run in runs:
+    for run in (r for r in runs if not r.transfer):
         sampled = [r for r in run.metrics if r.get("rollout/on_policy_rows", 1) > 0]
         len_first, len_last = _window_means([r["rollout/completion_len"] for r in sampled
                                              if r.get("rollout/completion_len") is not None])
         rep_first, rep_last = _window_means([r["rollout/repetition"] for r in sampled
                                              if r.get("rollout/repetition") is not None])
+        ent_first, ent_last = _window_means([r["student/entropy"] for r in sampled
+                                             if r.get("student/entropy") is not None])
         flags = []
         if len_first is not None and len_last < LENGTH_DROP * len_first:
             flags.append(f"length < {LENGTH_DROP:.0%} of start")
@@ -298,6 +319,8 @@ def collapse_rows(runs: list[Run]) -> list[dict[str, Any]]:
             flags.append(f"repetition > {REPETITION_MAX}")
         rows.append({**_run_keys(run), "sampled_steps": len(sampled), "len_first": len_first,
                      "len_last": len_last, "rep_first": rep_first, "rep_last": rep_last,
+                     "ent_first": ent_first, "ent_last": ent_last,
+                     "warned": sum(1 for r in sampled if r.get("collapse/flags")),
                      "collapse": "; ".join(flags)})
     return rows
 

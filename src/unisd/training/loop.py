@@ -18,7 +18,6 @@ what the config fields say.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -33,7 +32,9 @@ from unisd.config.io import dump_config
 from unisd.config.schema import RunConfig
 from unisd.errors import ResourceError, TrainingStopped
 from unisd.training import checkpoint as ckpt
-from unisd.training import distributed
+from unisd.training import distributed, evals
+from unisd.training.collapse import CollapseWatch
+from unisd.training.evals import task_options
 from unisd.training.data import prepare_rows
 from unisd.training.rollout import build_contexts, rollout, rollout_stats, text_generator
 from unisd.training.runlog import MetricsLog, NullLog, fingerprint, make_run_dir, peak_memory_gb, write_json
@@ -91,7 +92,8 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     from rich.console import Console
     from rich.markup import escape
 
-    from unisd.evaluation.runner import eos_ids, evaluate, format_accuracy, save_eval
+    from unisd.evaluation.resources import ResourceMeter
+    from unisd.evaluation.runner import eos_ids
     from unisd.generation import get_generator
     from unisd.models import TeacherWeights, apply_lora, load_model_and_tokenizer
     from unisd.tasks import get_task
@@ -106,14 +108,14 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
 
     # ---- task and data first: a bad name or file fails before a run directory or any model time ----
     task = get_task(cfg.data.task, **task_options(cfg))
-    check_can_score(task, cfg)
     train_examples = task.load(cfg.data.train_split, data_dir=cfg.data.data_dir, limit=cfg.data.train_limit,
                                seed=cfg.optim.seed)
-    eval_examples = task.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit,
-                              seed=cfg.optim.seed) if cfg.eval.before or cfg.eval.after else []
+    targets = evals.eval_targets(cfg, task, Path("."))  # loaded now: a bad extra task fails here
 
     run_dir = Path(resume_dir) if resume_dir else distributed.broadcast_object(
         make_run_dir(cfg) if dp.is_main else None)  # a derived name holds a timestamp: rank 0's counts
+    for target in targets:
+        target.folder = run_dir / target.folder
     if dp.is_main:
         if not resume_dir:
             dump_config(cfg, run_dir / "config.yaml")
@@ -136,16 +138,11 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
                   soft_wrap=True)
 
     # ---- evaluation of the base model (same path as the tuned one; rank 0 only) ----
-    before = None
-    before_path = run_dir / "eval" / "before.json"
-    if dp.is_main and cfg.eval.before and not before_path.exists():
-        before = evaluate(model, tokenizer, task, eval_examples, max_new_tokens=cfg.eval.max_new_tokens,
-                          batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description="eval (base)",
-                          show_progress=show_progress)
-        save_eval(before, before_path)
-        console.print(f"base model: {format_accuracy(before['aggregate'])}")
-    elif dp.is_main and before_path.exists():
-        before = json.loads(before_path.read_text())
+    befores: dict[str, dict] = {}
+    if dp.is_main and cfg.eval.before:
+        befores = evals.evaluate_before(targets, cfg, evals.make_run_eval(model, tokenizer, cfg, show_progress, False),
+                                        console)
+    before = befores.get(cfg.data.task)
     distributed.barrier()
 
     # ---- trainable weights, teacher weights, optimizer ----
@@ -193,8 +190,13 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
         return out
 
     order = epoch_order(len(rows), state["epoch"], cfg.optim.seed, cfg.data.shuffle)
+    snapshot = os.environ.get("UNISD_CUDA_MEMORY_SNAPSHOT") if device.type == "cuda" else None
+    if snapshot:  # profiling aid: every CUDA allocation of the training phase, with its stack
+        torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+    watch = CollapseWatch()  # completion length, student entropy, repetition (reference restarts on resume)
     progress = _step_progress(show_progress, total, state["step"])
-    with progress:
+    # GPU energy (NVML counter), time, tokens and peak memory of the training phase, measured
+    with progress, ResourceMeter(device) as train_meter:
         bar = progress.add_task("training", total=total, completed=state["step"])
         while state["step"] < total:
             step = state["step"]
@@ -292,7 +294,10 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
                            "tokens/teacher_scored": counters["teacher_scored"]})
             if not finite:
                 record["skipped_ids"] = batch_ids
+            for warning in watch.update(record):
+                console.print(f"[yellow]step {step + 1}: possible collapse, {warning}", soft_wrap=True)
             metrics_log.write(record)
+            train_meter.add_tokens(record.get("tokens") or 0)
             metrics_log.write_sample(state["step"], rolled.ids[0],
                                      tokenizer.decode(rolled.completions[0], skip_special_tokens=True))
             progress.update(bar, advance=1, description=f"training  loss {record['loss']:.4f}")
@@ -316,23 +321,28 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
                                          scheduler=scheduler, teacher=teacher, state=state, rng=sampling_rng,
                                          keep=cfg.output.keep_last, rank_rngs=rank_rngs)
     metrics_log.close()
+    if snapshot:  # open with https://pytorch.org/memory_viz or benchmarks/memory_peak.py
+        torch.cuda.memory._dump_snapshot(snapshot)
+        torch.cuda.memory._record_memory_history(enabled=None)
     if dp.enabled and os.environ.get("UNISD_DEBUG_RANK_DUMP"):  # tests: every rank's final weights
         distributed.dump_rank_params(named_params, run_dir / "debug" / f"rank-{dp.rank}.pt")
 
-    after = None
+    afters: dict[str, dict] = {}
     if dp.is_main and cfg.eval.after:
-        after = evaluate(model, tokenizer, task, eval_examples, max_new_tokens=cfg.eval.max_new_tokens,
-                         batch_size=cfg.eval.batch_size, backend=cfg.rollout.backend, description="eval (tuned)",
-                         show_progress=show_progress, retention=cfg.model.finetune == "lora")
-        save_eval(after, run_dir / "eval" / "after.json")
+        afters = evals.evaluate_after(targets, evals.make_run_eval(model, tokenizer, cfg, show_progress,
+                                                                   cfg.model.finetune == "lora"), console)
+    after = afters.get(cfg.data.task)
     summary = {"recipe": cfg.recipe, "task": cfg.data.task, "model": cfg.model.name, "steps": state["step"],
                "skipped_steps": state["skipped_steps"], "data": report.as_dict(),
                "seconds": time.perf_counter() - t_start, "device": str(device), "processes": dp.world_size,
                "peak_memory_gb": max(
-                   [peak_memory_gb()] + [e["aggregate"].get("resources", {}).get("process_peak_memory_gb", 0.0)
+                   [peak_memory_gb(), train_meter.process_peak_memory_gb] + [e["aggregate"].get("resources", {}).get("process_peak_memory_gb", 0.0)
                                          for e in (before, after) if e]),
-               "run_dir": str(run_dir),
-               "before": before["aggregate"] if before else None, "after": after["aggregate"] if after else None}
+               "resources": train_meter.as_dict(), "run_dir": str(run_dir),
+               "before": before["aggregate"] if before else None, "after": after["aggregate"] if after else None,
+               "extra_tasks": {name: {"before": befores[name]["aggregate"] if name in befores else None,
+                                      "after": afters[name]["aggregate"] if name in afters else None}
+                               for name in cfg.eval.extra_tasks}}
     if dp.is_main:
         write_json(run_dir / "summary.json", summary)
         try:
@@ -362,24 +372,6 @@ def oom_message(cfg: RunConfig, phase: str, step: int) -> str:
     return text + f". Evaluation has its own setting: eval.batch_size (now {cfg.eval.batch_size})."
 
 
-def check_can_score(task, cfg: RunConfig) -> None:
-    """Code tasks need the sandbox opt-in to be scored; say so before any model time is spent."""
-    if (cfg.eval.before or cfg.eval.after) and getattr(task, "execute", True) is False:
-        from unisd.config.schema import ConfigError
-
-        raise ConfigError(f"task {cfg.data.task!r} is scored by running model-written code; pass --execute-code "
-                          "(eval.execute_code=true) to allow it in the sandbox, or set eval.before=false and "
-                          "eval.after=false to train without evaluating")
-
-
-def task_options(cfg: RunConfig) -> dict[str, Any]:
-    """Constructor options for the task: DataConfig.task_args, plus the code-execution opt-in."""
-    opts = dict(cfg.data.task_args)
-    if cfg.data.task in ("mbpp", "humaneval"):
-        opts.setdefault("execute", cfg.eval.execute_code)
-    return opts
-
-
 def _step_record(step, sums, n_tokens, roll_stats, grad_norm, scheduler, times, finite, rows) -> dict:
     t_gen, t_fb, t_sync, t_opt = times
     t_step = max(t_gen + t_fb + t_sync + t_opt, 1e-9)
@@ -389,7 +381,7 @@ def _step_record(step, sums, n_tokens, roll_stats, grad_norm, scheduler, times, 
     for key, value in sorted(sums.items()):
         if key.endswith("_last"):
             record[key[:-5]] = value
-        elif key.startswith(("loss/", "divergence")) and key.endswith("_sum"):
+        elif key.startswith(("loss/", "divergence", "student/")) and key.endswith("_sum"):
             record[key[:-4]] = value / n
     if "clip/clipped_sum" in sums:
         record["clip/rate"] = sums["clip/clipped_sum"] / n

@@ -89,6 +89,8 @@ def micro_batch_loss(model: torch.nn.Module, rows: RolloutRows, ctx: StepContext
 
     s_logits, s_hidden = completion_outputs(model, student_view, hidden_layer=hidden_layer)
     metrics["tokens_sum"] = float(mask.sum())
+    with torch.no_grad():  # collapse watch: the student's uncertainty on the tokens it learns from
+        metrics["student/entropy_sum"] = float((divergence.entropy(s_logits, chunk=cfg.vocab_chunk) * mask).sum())
 
     if cfg.loss == "nll":
         logp = divergence.sampled_token_logp(s_logits, student_view.targets, chunk=cfg.vocab_chunk)

@@ -7,6 +7,8 @@ A sweep file is YAML:
     models: [smollm2-135m-instruct]
     seeds: [1, 2, 3]
     set: {optim.steps: 200, eval.limit: 200}   # optional, applied to every cell
+    per_task:                                   # optional, applied to the cells of one task
+      mbpp: {eval.extra_tasks: [humaneval]}
     root: runs/my-sweep                         # optional, default runs/<file stem>
 
 Cell `<recipe>__<task>__<model basename>__s<seed>` is trained exactly as `unisd train <recipe>
@@ -14,9 +16,14 @@ Cell `<recipe>__<task>__<model basename>__s<seed>` is trained exactly as `unisd 
 cell with summary.json is skipped, a cell with a complete checkpoint continues from it (with
 the config it was started with, like `unisd train --resume`), any other cell starts afresh.
 
+Cells share one evaluation of the base model per task, model and seed (`eval.base_cache` =
+`<root>/base_evals` unless `set` names another folder). Several sweep files given together form one
+queue, in file order (e.g. every method with one seed, then two more seeds of a few methods).
+
 Cells run one after another in this process, or with `devices` one `python -m unisd train`
-child per device (CUDA_VISIBLE_DEVICES), at most one per device, its output in
-`<cell>/sweep.log`. This module schedules runs; it does not compare them (`unisd report` does).
+child per listed device (CUDA_VISIBLE_DEVICES), its output in `<cell>/sweep.log`; a device
+listed twice runs two cells at once (small models leave a GPU mostly idle). This module
+schedules runs; it does not compare them (`unisd report` does).
 """
 
 from __future__ import annotations
@@ -71,10 +78,10 @@ def read_sweep(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: expected a mapping with {', '.join(AXES)}, set, root")
-    unknown = sorted(set(spec) - set(AXES) - {"set", "root"})
+    unknown = sorted(set(spec) - set(AXES) - {"set", "per_task", "root"})
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: "
-                          f"{', '.join(list(AXES) + ['set', 'root'])}")
+                          f"{', '.join(list(AXES) + ['set', 'per_task', 'root'])}")
     for key in AXES:
         value = spec.get(key)
         if isinstance(value, (str, int)):
@@ -91,6 +98,21 @@ def read_sweep(path: str | Path) -> dict[str, Any]:
                           f"(recipes/tasks/models/seeds/root); remove it from set")
     spec["set"] = common
     spec["root"] = str(spec.get("root") or Path("runs") / path.stem)
+    spec["set"].setdefault("eval.base_cache", str(Path(spec["root"]) / "base_evals"))
+    per_task = spec.get("per_task") or {}
+    if not isinstance(per_task, dict):
+        raise ConfigError(f"{path}: per_task must map task names to settings, got {per_task!r}")
+    stray = sorted(set(per_task) - set(map(str, spec["tasks"])))
+    if stray:
+        raise ConfigError(f"{path}: per_task names {', '.join(stray)}, which tasks does not list "
+                          f"({', '.join(map(str, spec['tasks']))})")
+    spec["per_task"] = {}
+    for task, tree in per_task.items():
+        settings = _flatten(tree or {}, where=f"{path}: per_task: {task}")
+        clash = sorted(k for k in settings if k in OWNED)
+        if clash:
+            raise ConfigError(f"{path}: per_task: {task}: {', '.join(clash)} is chosen per cell by the sweep")
+        spec["per_task"][str(task)] = settings
     return spec
 
 
@@ -134,7 +156,8 @@ def plan_cells(spec: dict[str, Any]) -> list[Cell]:
                         raise ConfigError(f"sweep cells {seen[name]} and {(recipe, task, model, seed)} would "
                                           f"share the run directory {name}; rename one model folder")
                     seen[name] = (recipe, task, model, seed)
-                    overrides = [_override(k, v) for k, v in spec["set"].items()] + [
+                    settings = {**spec["set"], **spec["per_task"].get(str(task), {})}
+                    overrides = [_override(k, v) for k, v in settings.items()] + [
                         _override("data.task", task), _override("model.name", str(model)),
                         _override("optim.seed", seed), _override("output.root", str(root)),
                         _override("output.name", name)]
@@ -175,20 +198,30 @@ def _warn_if_changed(cell: Cell, console) -> None:
                       f"with its stored config.yaml", soft_wrap=True)
 
 
-def run_sweep(path: str | Path, *, devices: list[str] | None = None, console=None,
+def run_sweep(paths: str | Path | list[str | Path], *, devices: list[str] | None = None, console=None,
               show_progress: bool = True, poll_s: float = 1.0) -> list[Cell]:
-    """Run (or continue) the sweep in `path`; returns its cells with their final status."""
+    """Run (or continue) the sweep(s) in `paths`, as one queue; returns the cells with their final
+    status. A cell that two files both name runs once."""
     from rich.console import Console
 
     console = console or Console()
-    spec = read_sweep(path)
-    cells = plan_cells(spec)
-    root = Path(spec["root"])
-    root.mkdir(parents=True, exist_ok=True)
-    # the grid as it was asked for, next to its cells (unless the sweep file is that very file)
-    if (root / "sweep.yaml").resolve() != Path(path).resolve():
-        asked = {k: spec[k] for k in (*AXES, "set", "root")}
-        (root / "sweep.yaml").write_text(yaml.safe_dump(asked, sort_keys=False))
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    cells, names, roots = [], set(), []
+    for path in paths:
+        spec = read_sweep(path)
+        for cell in plan_cells(spec):
+            if cell.run_dir not in names:
+                names.add(cell.run_dir)
+                cells.append(cell)
+        root = Path(spec["root"])
+        root.mkdir(parents=True, exist_ok=True)
+        roots.append(str(root))
+        # the grid as it was asked for, next to its cells (unless the sweep file is that very file)
+        asked_path = root / f"sweep-{Path(path).stem}.yaml" if len(paths) > 1 else root / "sweep.yaml"
+        if asked_path.resolve() != Path(path).resolve():
+            asked = {k: spec[k] for k in (*AXES, "set", "per_task", "root")}
+            asked_path.write_text(yaml.safe_dump(asked, sort_keys=False))
+    root = ", ".join(dict.fromkeys(roots))
     todo = []
     for cell in cells:
         if cell.action == "skip":
@@ -235,25 +268,26 @@ def _command(cell: Cell) -> list[str]:
 
 def _run_on_devices(todo: list[Cell], devices: list[str], console, poll_s: float) -> None:
     pending = deque(todo)
-    running: dict[str, tuple[Cell, subprocess.Popen, Any]] = {}
+    running: dict[int, tuple[Cell, subprocess.Popen, Any]] = {}  # slot (index into devices) -> its cell
     try:
         while pending or running:
-            for dev in devices:
-                if dev not in running and pending:
+            for slot, dev in enumerate(devices):
+                if slot not in running and pending:
                     cell = pending.popleft()
                     cell.run_dir.mkdir(parents=True, exist_ok=True)
                     log = open(cell.run_dir / "sweep.log", "a")
                     env = dict(os.environ, CUDA_VISIBLE_DEVICES=dev, PYTHONUNBUFFERED="1")
                     proc = subprocess.Popen(_command(cell), stdout=log, stderr=subprocess.STDOUT, env=env)
-                    running[dev] = (cell, proc, log)
+                    running[slot] = (cell, proc, log)
                     console.print(f"device {dev}: {cell.name} ({cell.action}), "
                                   f"log {cell.run_dir / 'sweep.log'}", soft_wrap=True)
             time.sleep(poll_s)
-            for dev, (cell, proc, log) in list(running.items()):
+            for slot, (cell, proc, log) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 log.close()
-                del running[dev]
+                del running[slot]
+                dev = devices[slot]
                 if proc.returncode == 0 and (cell.run_dir / "summary.json").exists():
                     cell.status = "resumed" if cell.action == "resume" else "trained"
                 else:

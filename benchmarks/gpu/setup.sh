@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue 7 / issue 5 GPU work, step 1 (run from the repo root on the GPU machine, after the model
+# chunks were staged under /tmp/unisd-models by shared/tools/device-model's calls): join the last
+# SmolLM2 chunk, check both GGUF files, install the carried wheels, unpack the benchmark data and
+# the precomputed retrieval embeddings, and convert both models once (so parallel cells do not).
+# Carried paths: .device/smollm2-135m-instruct/part01, .device/data.tar.xz, .whl, .device/cache
+set -euo pipefail
+D=/tmp/unisd-models
+if [ ! -f $D/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+  cp .device/smollm2-135m-instruct/part01 $D/smollm2-135m-instruct.part01
+  cat $D/smollm2-135m-instruct.part00 $D/smollm2-135m-instruct.part01 > $D/SmolLM2-135M-Instruct.Q4_1.gguf
+  rm $D/smollm2-135m-instruct.part*
+fi
+sha256sum -c <<SUMS
+b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $D/SmolLM2-135M-Instruct.Q4_1.gguf
+1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32  $D/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+SUMS
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+mkdir -p /tmp/unisd-data /tmp/unisd-cache
+tar -xJf .device/data.tar.xz -C /tmp/unisd-data
+cp -r .device/cache/contexts /tmp/unisd-cache/
+export PYTHONPATH=/tmp/site:src UNISD_CACHE=/tmp/unisd-cache
+python3 -c "
+from unisd.models.loading import resolve
+for f in ('SmolLM2-135M-Instruct.Q4_1.gguf', 'qwen2.5-coder-0.5b-instruct-q4_k_m.gguf'):
+    print(resolve('$D/' + f))"
+nvidia-smi --query-gpu=index,name,memory.used --format=csv
