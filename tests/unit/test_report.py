@@ -205,3 +205,45 @@ def test_reporting_reads_files_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ("['unisd', 'unisd.evaluation', 'unisd.evaluation.stats', 'unisd.reporting', "
                            "'unisd.reporting.report', 'unisd.reporting.tables'] False")
+
+
+def test_entropy_collapse_is_flagged(tmp_path):
+    metrics = [{"step": i + 1, "tokens": 8, "rollout/on_policy_rows": 2.0, "rollout/completion_len": 20.0,
+                "rollout/repetition": 0.0, "student/entropy": e, **({"collapse/flags": "x"} if e < 1 else {})}
+               for i, e in enumerate([1.2] * 5 + [0.2] * 5)]
+    make_run(tmp_path, "sharp", recipe="ssd", metrics=metrics)
+    (row,) = T.collapse_rows(T.load_runs([tmp_path]))
+    assert (row["ent_first"], row["ent_last"]) == (1.2, 0.2) and row["warned"] == 5
+    assert row["collapse"] == "entropy < 30% of start"
+
+
+def test_cost_sums_step_times_and_marks_resumed_runs_partial(tmp_path):
+    metrics = [{"step": s, "tokens": 10, "time/generate_s": 1.0, "time/forward_backward_s": 0.5,
+                "time/optimizer_s": 0.25} for s in range(1, 5)]
+    run = make_run(tmp_path, "resumed", recipe="sdft", metrics=metrics)
+    summary = json.loads((run / "summary.json").read_text())
+    # the last process trained 1 of the 4 steps (10 of 40 tokens): its energy covers that step only
+    summary["resources"] = {"tokens": 10, "energy_j": 50.0, "gpu_processes": 2}
+    (run / "summary.json").write_text(json.dumps(summary))
+    (row,) = T.cost_rows(T.load_runs([tmp_path]))
+    assert row["step_seconds"] == 7.0 and row["tokens"] == 40
+    assert row["partial"] and row["train_energy_j"] == 50.0 and row["gpu_processes"] == 2
+
+
+def test_paired_against_a_named_method_with_the_task_average(tmp_path):
+    # two tasks; the focus beats sft by 2/4 items on one and ties on the other: average +25 points
+    make_run(tmp_path, "u1", recipe="unisd_star", task="a", after=(1, 1, 1, 0))
+    make_run(tmp_path, "s1", recipe="sft", task="a", after=(1, 0, 0, 0))
+    make_run(tmp_path, "u2", recipe="unisd_star", task="b", after=(1, 0, 1, 0))
+    make_run(tmp_path, "s2", recipe="sft", task="b", after=(1, 0, 1, 0))
+    rows = T.paired_against(T.load_runs([tmp_path]), "unisd_star", "sft", n_boot=2000)
+    by_task = {r["task"]: r for r in rows}
+    assert by_task["a"]["diff"] == 0.5 and by_task["b"]["diff"] == 0.0
+    avg = by_task["average (2 tasks)"]
+    assert avg["diff"] == 0.25 and avg["n"] == 8
+    assert (avg["focus_accuracy"], avg["other_accuracy"]) == (0.625, 0.375)
+    assert avg["ci_lo"] <= 0.25 <= avg["ci_hi"]
+    out = build_report([tmp_path], tmp_path / "rep", against=["sft", "base"])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Paired comparison: unisd_star vs sft" in md and "average (2 tasks)" in md
+    assert {r["against"] for r in out["paired_against"]} == {"sft", "base"}

@@ -196,7 +196,7 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from unisd.reporting.report import build_report
 
-    result = build_report(args.run_dirs, args.out, focus=args.focus)
+    result = build_report(args.run_dirs, args.out, focus=args.focus, against=args.against)
     for row in result["paired"]:
         print(f"{row['task']} / {row['model']}: {row['focus']} vs {row['other']}: "
               f"{100 * row['diff']:+.1f} points [{100 * row['ci_lo']:+.1f}, {100 * row['ci_hi']:+.1f}] "
@@ -341,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+",
                    help="run directories, or folders searched for them (e.g. a sweep root)")
     p.add_argument("--out", default="report", help="output folder (default ./report)")
+    p.add_argument("--against", nargs="+", default=["base"], metavar="METHOD",
+                   help="also compare the focus method with each of these on every task, with the average over "
+                        "tasks (default: base)")
     p.add_argument("--focus", default="unisd_star", help="method compared against the strongest other one "
                                                          "(default unisd_star)")
     p.set_defaults(fn=cmd_report)

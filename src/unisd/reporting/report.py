@@ -19,12 +19,12 @@ from unisd.reporting import tables as T
 
 CSV_COLUMNS = ("task", "model", "method", "n_seeds", "seeds", "n", "accuracy", "ci_lo", "ci_hi", "seed_sd",
                "seed_min", "seed_max", "ppl_ret_mean", "ppl_ret_corpus", "jsd_mean", "gold_fit_ppl_corpus",
-               "steps", "seconds", "tokens", "runs")
+               "steps", "seconds", "step_seconds", "tokens", "runs")
 """results.csv columns; accuracies are fractions, retention and cost are means over the seeds."""
 
 
-def build_report(paths: Iterable[str | Path], out: str | Path = "report", *, focus: str = "unisd_star"
-                 ) -> dict[str, Any]:
+def build_report(paths: Iterable[str | Path], out: str | Path = "report", *, focus: str = "unisd_star",
+                 against: Iterable[str] = ("base",)) -> dict[str, Any]:
     """Write report.md, results.csv and the plots into `out`; returns the tables and the files."""
     paths = list(paths)
     runs = T.load_runs(paths)
@@ -35,15 +35,16 @@ def build_report(paths: Iterable[str | Path], out: str | Path = "report", *, foc
     out.mkdir(parents=True, exist_ok=True)
     acc = T.accuracy_rows(runs)
     paired, notes = T.paired_rows(runs, focus)
+    fixed = [row for method in against if method != focus for row in T.paired_against(runs, focus, method)]
     duplicates = T.duplicate_notes(runs)
     ret, cost, collapse = T.retention_rows(runs), T.cost_rows(runs), T.collapse_rows(runs)
     _write_csv(out / "results.csv", acc, ret, cost)
     plots = [p for p in (plot_accuracy(acc, out / "accuracy.png"),
                          plot_retention(ret, out / "retention_vs_accuracy.png"),
                          plot_curves(runs, out / "training_curves.png")) if p is not None]
-    md = render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cost, collapse, plots)
+    md = render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cost, collapse, plots, fixed)
     (out / "report.md").write_text(md)
-    return {"runs": runs, "accuracy": acc, "paired": paired, "notes": duplicates + notes, "retention": ret,
+    return {"runs": runs, "accuracy": acc, "paired": paired, "paired_against": fixed, "notes": duplicates + notes, "retention": ret,
             "cost": cost, "collapse": collapse, "files": [out / "report.md", out / "results.csv", *plots]}
 
 
@@ -67,7 +68,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cost, collapse, plots) -> str:
+def render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cost, collapse, plots,
+                    fixed=()) -> str:
     parts = [f"# unisd report\n\n{len(runs)} run(s) read from {', '.join(f'`{p}`' for p in paths)}. "
              "Every number comes from the run directories' files; none is estimated.\n"]
 
@@ -104,6 +106,15 @@ def render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cos
              r["verdict"]] for r in paired]))
     if notes:
         parts.append("".join(f"- {n}\n" for n in notes))
+    for method in dict.fromkeys(r["against"] for r in fixed):
+        parts.append(f"## Paired comparison: {focus} vs {method}\n\nAs above, against `{method}` on every task "
+                     "both have; the average row is the difference of the task-averaged accuracies, its interval "
+                     "from a bootstrap that resamples items within each task.\n")
+        parts.append(_table(["task", "model", focus, method, "diff (pp)", "95% CI", "n pairs", "P(diff<=0)",
+                             "verdict"], [
+            [r["task"], r["model"], _pct(r["focus_accuracy"]), _pct(r["other_accuracy"]), _pct(r["diff"]),
+             f"[{_pct(r['ci_lo'])}, {_pct(r['ci_hi'])}]", r["n"], _num(r["p_not_better"]), r["verdict"]]
+            for r in fixed if r["against"] == method]))
 
     parts.append("## Retention\n\nFrom eval/after.json `aggregate.retention`: the base model's perplexity on "
                  "the tuned model's own completions (PPL_ret, mean over examples and corpus-level; lower = "
@@ -120,15 +131,21 @@ def render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cos
         parts.append(f"{missing} run(s) recorded no retention (evaluated without the base, or "
                      "eval.after=false).\n")
 
-    parts.append("## Cost\n\nSteps and seconds from summary.json, tokens = sum of the per-step `tokens` "
-                 "(completion tokens in the loss) of metrics.jsonl, peak memory from summary.json, energy "
-                 "only where NVML measured it (n/a otherwise).\n")
-    parts.append(_table(["run", "method", "task", "model", "seed", "steps", "seconds", "tokens",
-                         "peak memory GB", "memory kind", "train energy J", "eval energy J"], [
+    parts.append("## Cost\n\nSteps and seconds (whole run: loading, evaluations, training) from summary.json; "
+                 "step seconds = the sum of the per-step phase times in metrics.jsonl (generation, "
+                 "forward/backward, optimizer); tokens = sum of the per-step `tokens` (completion tokens in "
+                 "the loss); peak memory from summary.json; energy only where NVML measured it (n/a "
+                 "otherwise). NVML counts a whole GPU: `GPU procs` > 1 means other processes ran on it "
+                 "during training and share the figure. `partial`: the run was resumed, so its seconds and "
+                 "training energy cover the last process only.\n")
+    parts.append(_table(["run", "method", "task", "model", "seed", "steps", "seconds", "step seconds", "tokens",
+                         "peak memory GB", "memory kind", "train energy J", "GPU procs", "eval energy J"], [
         [r["run"], r["method"], r["task"], r["model"], r["seed"], _num(r["steps"], "d"),
-         _num(r["seconds"], ".1f"), _num(r["tokens"], "d"), _num(r["peak_memory_gb"], ".2f"),
-         r["memory_kind"] or "n/a",
-         _num(r["train_energy_j"], ".0f"), _num(r["eval_energy_j"], ".0f")] for r in cost]))
+         _num(r["seconds"], ".1f") + (" (partial)" if r["partial"] else ""), _num(r["step_seconds"], ".1f"),
+         _num(r["tokens"], "d"), _num(r["peak_memory_gb"], ".2f"), r["memory_kind"] or "n/a",
+         _num(r["train_energy_j"], ".0f") + (" (partial)" if r["partial"] else ""),
+         "n/a" if r["gpu_processes"] is None else r["gpu_processes"],
+         _num(r["eval_energy_j"], ".0f")] for r in cost]))
 
     parts.append(f"## Collapse watch\n\nSampled completion length (tokens) and share of repeated "
                  f"4-grams, mean of the first and of the last {T.WINDOW} steps with on-policy samples. "
@@ -170,7 +187,7 @@ def method_task_tables(acc: list[dict[str, Any]]) -> dict[str, tuple[list[str], 
 
 def _write_csv(path: Path, acc, ret, cost) -> None:
     means = T.group_means(ret, T.RETENTION_KEYS)
-    costs = T.group_means(cost, ("steps", "seconds", "tokens"))
+    costs = T.group_means(cost, ("steps", "seconds", "step_seconds", "tokens"))
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -195,31 +212,41 @@ def _pyplot():
 
 
 def plot_accuracy(acc: list[dict], path: Path) -> Path | None:
-    """One panel per task: a bar per (method, model) with its 95% CI, dots for single seeds."""
+    """A grid of panels, a row per model and a column per task: a bar per method with its 95% CI
+    (base in grey), dots for the seeds when there are several; the y axis fits the task."""
     if not acc:
         return None
     plt = _pyplot()
-    tasks = sorted({r["task"] for r in acc})
-    several_models = len({r["model_name"] for r in acc}) > 1
-    width = max(len([r for r in acc if r["task"] == t]) for t in tasks)
-    panel_width = max(4.0, 0.9 * width + 1.5)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(panel_width * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        rows = [r for r in acc if r["task"] == task]
-        labels = [r["method"] + (f"\n{r['model']}" if several_models else "") for r in rows]
-        means = [100 * r["accuracy"] for r in rows]
-        err = [[0 if _missing(r["ci_lo"]) else m - 100 * r["ci_lo"] for m, r in zip(means, rows)],
-               [0 if _missing(r["ci_hi"]) else 100 * r["ci_hi"] - m for m, r in zip(means, rows)]]
-        colors = ["#999999" if r["method"] == T.BASE else "#3b7dd8" for r in rows]
-        ax.bar(range(len(rows)), means, yerr=err, capsize=5, color=colors)
-        for i, r in enumerate(rows):
-            if r["n_seeds"] > 1:
-                ax.plot([i] * r["n_seeds"], [100 * a for a in r["seed_accuracies"]], "k.", ms=4)
-        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 100)
-        ax.set_ylabel("accuracy % (95% CI)")
-        ax.set_title(task, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
+    models = list(dict.fromkeys(r["model"] for r in acc))
+    tasks = sorted({r["task"] for r in acc}, key=lambda t: ("(from" in t, t))
+    methods = sorted({r["method"] for r in acc}, key=lambda m: (m != T.BASE, m))
+    panel_width = max(3.2, 0.42 * len(methods) + 1.2)
+    fig, axes = plt.subplots(len(models), len(tasks), figsize=(panel_width * len(tasks), 3.3 * len(models)),
+                             squeeze=False)
+    for i, model in enumerate(models):
+        for j, task in enumerate(tasks):
+            ax = axes[i][j]
+            by_method = {r["method"]: r for r in acc if r["model"] == model and r["task"] == task}
+            if not by_method:
+                ax.set_axis_off()
+                continue
+            rows = [by_method[m] for m in methods if m in by_method]
+            means = [100 * r["accuracy"] for r in rows]
+            err = [[0 if _missing(r["ci_lo"]) else m - 100 * r["ci_lo"] for m, r in zip(means, rows)],
+                   [0 if _missing(r["ci_hi"]) else 100 * r["ci_hi"] - m for m, r in zip(means, rows)]]
+            colors = ["#999999" if r["method"] == T.BASE else "#3b7dd8" for r in rows]
+            ax.bar(range(len(rows)), means, yerr=err, capsize=3, color=colors)
+            for k, r in enumerate(rows):
+                if r["n_seeds"] > 1:
+                    ax.plot([k] * r["n_seeds"], [100 * a for a in r["seed_accuracies"]], "k.", ms=3)
+            ax.set_xticks(range(len(rows)), [r["method"] for r in rows], rotation=45, ha="right", fontsize=7)
+            top = max(100 * (r["ci_hi"] if not _missing(r["ci_hi"]) else r["accuracy"]) for r in rows)
+            ax.set_ylim(0, min(100, max(10, 1.15 * top)))
+            ax.set_title(f"{task}\n{model}" if len(models) > 1 else task, fontsize=8)
+            ax.tick_params(axis="y", labelsize=7)
+            ax.grid(axis="y", alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("accuracy % (95% CI)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

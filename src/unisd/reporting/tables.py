@@ -38,6 +38,9 @@ LENGTH_DROP = 0.5
 """Flag when the last-window mean completion length is below this share of the first window's."""
 REPETITION_MAX = 0.3
 """Flag when the last-window mean share of repeated 4-grams is above this."""
+ENTROPY_DROP = 0.3
+"""Flag when the last-window mean student entropy is below this share of the first window's
+(the same thresholds as the training loop's live `unisd.training.collapse.CollapseWatch`)."""
 
 
 @dataclass
@@ -248,6 +251,46 @@ def paired_rows(runs: list[Run], focus: str) -> tuple[list[dict[str, Any]], list
     return rows, notes
 
 
+def paired_against(runs: list[Run], focus: str, against: str, *, n_boot: int = 5000, seed: int = 0
+                   ) -> list[dict[str, Any]]:
+    """`focus` against one named method on every (task, model) both have, paired on common
+    (seed, item) units, plus per model an "average" row: the difference of the accuracies averaged
+    over those tasks (the paper's Avg column), with a 95% interval from a bootstrap that resamples
+    items within each task."""
+    labels = {r.model: r.model_label for r in runs}
+    evals = evaluations(runs)
+    rows, per_model = [], {}
+    for task, model in sorted({(t, m) for t, m, _ in evals}):
+        if (task, model, focus) not in evals or (task, model, against) not in evals:
+            continue
+        mine = _pooled_items(evals[(task, model, focus)])
+        theirs = _pooled_items(evals[(task, model, against)])
+        common = sorted(set(mine) & set(theirs))
+        if not common:
+            continue
+        a, b = np.array([mine[k] for k in common]), np.array([theirs[k] for k in common])
+        res = paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
+        rows.append({"task": task, "model": labels[model], "focus": focus, "against": against,
+                     "focus_accuracy": float(a.mean()), "other_accuracy": float(b.mean()), "diff": res["diff"],
+                     "ci_lo": res["lo"], "ci_hi": res["hi"], "n": res["n"],
+                     "seeds": sorted({s for s, _ in common}), "p_not_better": res["p_not_better"]})
+        per_model.setdefault(model, []).append((a, b))
+    rng = np.random.default_rng(seed)
+    for model, pairs in per_model.items():
+        boots = np.mean([(a - b)[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
+                         for a, b in pairs], axis=0)
+        diff = float(np.mean([(a - b).mean() for a, b in pairs]))
+        rows.append({"task": f"average ({len(pairs)} tasks)", "model": labels[model], "focus": focus,
+                     "against": against, "focus_accuracy": float(np.mean([a.mean() for a, _ in pairs])),
+                     "other_accuracy": float(np.mean([b.mean() for _, b in pairs])), "diff": diff,
+                     "ci_lo": float(np.percentile(boots, 2.5)), "ci_hi": float(np.percentile(boots, 97.5)),
+                     "n": int(sum(a.size for a, _ in pairs)), "seeds": [],
+                     "p_not_better": float((boots <= 0).mean())})
+    for row in rows:
+        row["verdict"] = "better" if row["ci_lo"] > 0 else "worse" if row["ci_hi"] < 0 else "no clear difference"
+    return rows
+
+
 # ---- one row per run ----
 
 def _run_keys(run: Run) -> dict[str, Any]:
@@ -275,20 +318,31 @@ def _energy(*resources: dict | None) -> float | None:
     return float(sum(measured)) if measured else None
 
 
+def _step_seconds(record: dict) -> float:
+    return sum(float(record.get(k) or 0.0) for k in ("time/generate_s", "time/forward_backward_s",
+                                                    "time/sync_s", "time/optimizer_s"))
+
+
 def cost_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """Steps, seconds, tokens (sum of metrics.jsonl "tokens"), peak memory and measured energy:
-    training energy only where the summary recorded resources, eval energy from the NVML
-    counters of eval/before.json and eval/after.json."""
+    training energy where the summary recorded resources, eval energy from the NVML counters of
+    eval/before.json and eval/after.json. `step_seconds` sums the per-step phase times of
+    metrics.jsonl, which survive a resume; `seconds` and the training energy cover the last
+    process only, so a resumed run is marked `partial` (its training-meter tokens fall short of
+    metrics.jsonl's). `gpu_processes` > 1: the GPU's energy counter also counted other processes."""
     rows = []
     for run in (r for r in runs if not r.transfer):
         evals = [((e or {}).get("aggregate") or {}).get("resources") for e in (run.before, run.after)]
         kind = next((r.get("peak_memory_kind") for r in evals if r), None)
         tokens = [r["tokens"] for r in run.metrics if isinstance(r.get("tokens"), (int, float))]
+        train = run.summary.get("resources") or {}
         rows.append({**_run_keys(run), "steps": run.summary.get("steps"),
                      "seconds": run.summary.get("seconds"),
+                     "step_seconds": sum(_step_seconds(r) for r in run.metrics) if run.metrics else None,
                      "tokens": int(sum(tokens)) if tokens else None,
+                     "partial": bool(train) and int(train.get("tokens") or 0) < int(sum(tokens)),
                      "peak_memory_gb": run.summary.get("peak_memory_gb"), "memory_kind": kind,
-                     "train_energy_j": _energy(run.summary.get("resources")),
+                     "train_energy_j": _energy(train), "gpu_processes": train.get("gpu_processes"),
                      "eval_energy_j": _energy(*evals)})
     return rows
 
@@ -317,6 +371,8 @@ def collapse_rows(runs: list[Run]) -> list[dict[str, Any]]:
             flags.append(f"length < {LENGTH_DROP:.0%} of start")
         if rep_last is not None and rep_last > REPETITION_MAX:
             flags.append(f"repetition > {REPETITION_MAX}")
+        if ent_first and ent_last is not None and ent_last < ENTROPY_DROP * ent_first:
+            flags.append(f"entropy < {ENTROPY_DROP:.0%} of start")
         rows.append({**_run_keys(run), "sampled_steps": len(sampled), "len_first": len_first,
                      "len_last": len_last, "rep_first": rep_first, "rep_last": rep_last,
                      "ent_first": ent_first, "ent_last": ent_last,
