@@ -10,8 +10,8 @@ export PYTHONPATH=/tmp/site:src UNISD_CACHE=/tmp/unisd-cache PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 D=/tmp/unisd-models; SMOL=$D/SmolLM2-135M-Instruct.Q4_1.gguf; QWEN=$D/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 S=benchmarks/sweeps
-GRIDS="$S/qwen_baselines.yaml $S/smollm2.yaml $S/qwen_components.yaml"
-[ -f /tmp/seeds.yaml ] && GRIDS="$S/qwen_baselines.yaml $S/smollm2.yaml /tmp/seeds.yaml $S/qwen_components.yaml"
+# queue order = priority; qwen_seeds.yaml is what benchmarks/gpu/seeds.py wrote after the seed-1 cells
+GRIDS="$S/qwen_baselines.yaml $S/smollm2.yaml $S/qwen_seeds.yaml $S/qwen_components.yaml"
 side() {  # $SIDE: comma-separated jobs for GPU 3, in order: trl, trl_gc, mem, bench
   export CUDA_VISIBLE_DEVICES=3
   for job in ${SIDE//,/ }; do

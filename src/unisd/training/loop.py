@@ -192,7 +192,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     order = epoch_order(len(rows), state["epoch"], cfg.optim.seed, cfg.data.shuffle)
     snapshot = os.environ.get("UNISD_CUDA_MEMORY_SNAPSHOT") if device.type == "cuda" else None
     if snapshot:  # profiling aid: every CUDA allocation of the training phase, with its stack
-        torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+        torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
     watch = CollapseWatch()  # completion length, student entropy, repetition (reference restarts on resume)
     progress = _step_progress(show_progress, total, state["step"])
     # GPU energy (NVML counter), time, tokens and peak memory of the training phase, measured
