@@ -273,27 +273,54 @@ def plot_retention(ret: list[dict], path: Path) -> Path | None:
     return path
 
 
+CURVES = (("loss", "training loss", False), ("rollout/completion_len", "sampled completion length", True),
+          ("student/entropy", "student entropy (nats)", True), ("rollout/repetition", "repeated 4-grams", True))
+"""(metrics key, panel title, only steps with on-policy samples) for the training-curve panels."""
+
+
+def _mean_curve(runs: list[T.Run], key: str, sampled_only: bool) -> tuple[list[int], list[float]]:
+    by_step: dict[int, list[float]] = {}
+    for run in runs:
+        for m in run.metrics:
+            if key in m and m[key] is not None and not (sampled_only and m.get("rollout/on_policy_rows", 1) <= 0):
+                by_step.setdefault(int(m["step"]), []).append(float(m[key]))
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
 def plot_curves(runs: list[T.Run], path: Path) -> Path | None:
-    """Training loss and sampled completion length per step, a line per run."""
-    runs = [r for r in runs if r.metrics]
+    """A row per (task, model), a panel per signal (loss, completion length, student entropy,
+    repetition), a line per method (the mean over its seeds at each step)."""
+    runs = [r for r in runs if r.metrics and not r.transfer]
     if not runs:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    groups: dict[tuple[str, str], list[T.Run]] = {}
     for run in runs:
-        steps = [m["step"] for m in run.metrics if "loss" in m]
-        axes[0].plot(steps, [m["loss"] for m in run.metrics if "loss" in m], lw=1, label=run.label)
-        sampled = [m for m in run.metrics
-                   if m.get("rollout/on_policy_rows", 1) > 0 and "rollout/completion_len" in m]
-        if sampled:
-            axes[1].plot([m["step"] for m in sampled], [m["rollout/completion_len"] for m in sampled], lw=1,
-                         label=run.label)
-    for ax, title in zip(axes, ("training loss", "sampled completion length (tokens)")):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
+        groups.setdefault((run.task, run.model_label), []).append(run)
+    several_models = len({m for _, m in groups}) > 1
+    fig, axes = plt.subplots(len(groups), len(CURVES), figsize=(3.6 * len(CURVES) + 1.6, 2.6 * len(groups)),
+                             squeeze=False)
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(sorted({r.method for r in runs}))}
+    for row, ((task, model), members) in enumerate(sorted(groups.items())):
+        methods = sorted({r.method for r in members})
+        for col, (key, title, sampled_only) in enumerate(CURVES):
+            ax = axes[row][col]
+            for method in methods:
+                steps, values = _mean_curve([r for r in members if r.method == method], key, sampled_only)
+                if steps:
+                    ax.plot(steps, values, lw=1.2, color=colors[method], label=method)
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"{task}\n{model}" if several_models else task, fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            if row == len(groups) - 1:
+                ax.set_xlabel("step", fontsize=8)
+        handles, labels = axes[row][0].get_legend_handles_labels()
+        axes[row][-1].legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
