@@ -152,7 +152,8 @@ def test_report_files_csv_and_plots(tmp_path):
     result = build_report([runs], out)
 
     assert {p.name for p in out.iterdir()} == {"report.md", "results.csv", "accuracy.png",
-                                               "retention_vs_accuracy.png", "training_curves.png"}
+                                               "retention_vs_accuracy.png", "training_curves.png",
+                                               "cost.png"}
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "results.csv") as fh:

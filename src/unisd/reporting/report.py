@@ -41,6 +41,7 @@ def build_report(paths: Iterable[str | Path], out: str | Path = "report", *, foc
     _write_csv(out / "results.csv", acc, ret, cost)
     plots = [p for p in (plot_accuracy(acc, out / "accuracy.png"),
                          plot_retention(ret, out / "retention_vs_accuracy.png"),
+                         plot_cost(cost, out / "cost.png"),
                          plot_curves(runs, out / "training_curves.png")) if p is not None]
     md = render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cost, collapse, plots, fixed)
     (out / "report.md").write_text(md)
@@ -269,6 +270,46 @@ def plot_retention(ret: list[dict], path: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+COST_PANELS = (("step_seconds", "training seconds (sum of steps)", 1.0),
+               ("tokens", "completion tokens in the loss", 1.0),
+               ("peak_memory_gb", "peak memory (GB)", 1.0),
+               ("train_energy_j", "training energy (kJ, NVML)", 1e-3))
+"""(cost-row key, panel title, scale) for the cost plot."""
+
+
+def plot_cost(cost: list[dict], path: Path) -> Path | None:
+    """A panel per cost measure, a bar per (method, model): the mean over that method's runs (all
+    tasks and seeds); energy over the runs that measured it and were not resumed."""
+    if not cost:
+        return None
+    plt = _pyplot()
+    keys = sorted({(r["method"], r["model"]) for r in cost}, key=lambda k: (k[1], k[0]))  # by model, then method
+    models = list(dict.fromkeys(model for _, model in keys))
+    palette = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    fig, axes = plt.subplots(1, len(COST_PANELS), figsize=(max(3.5, 0.45 * len(keys) + 1.5) * len(COST_PANELS), 3.8),
+                             squeeze=False)
+    for ax, (field, title, scale) in zip(axes[0], COST_PANELS):
+        values = []
+        for meth, model in keys:
+            rows = [r for r in cost if (r["method"], r["model"]) == (meth, model) and not _missing(r.get(field))
+                    and not (field == "train_energy_j" and r.get("partial"))]
+            values.append(scale * sum(r[field] for r in rows) / len(rows) if rows else 0.0)
+        ax.bar(range(len(keys)), values, color=[palette[model] for _, model in keys])
+        ax.set_xticks(range(len(keys)), [meth for meth, _ in keys], rotation=45, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    if len(models) > 1:
+        from matplotlib.patches import Patch
+
+        axes[0][-1].legend([Patch(color=palette[m]) for m in models], models, fontsize=7,
+                           loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
