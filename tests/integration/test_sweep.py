@@ -176,4 +176,6 @@ def test_per_task_settings_several_files_and_the_shared_base_cache(tmp_path, tin
     cached = list((root / "base_evals").glob("arithmetic-*.json"))
     assert len(cached) == 1  # one base evaluation, shared by both cells
     befores = [json.loads((c.run_dir / "eval" / "before.json").read_text()) for c in cells]
-    assert befores[0] == befores[1] == json.loads(cached[0].read_text())
+    shared = json.loads(cached[0].read_text())
+    assert befores[0] == shared and "reused_from" not in befores[0]
+    assert befores[1] == {**shared, "reused_from": str(cached[0])}  # the second run paid nothing for it

@@ -332,7 +332,9 @@ def cost_rows(runs: list[Run]) -> list[dict[str, Any]]:
     metrics.jsonl's). `gpu_processes` > 1: the GPU's energy counter also counted other processes."""
     rows = []
     for run in (r for r in runs if not r.transfer):
-        evals = [((e or {}).get("aggregate") or {}).get("resources") for e in (run.before, run.after)]
+        # a base evaluation reused from a sweep's shared cache was paid for by another run
+        own = [e for e in (run.before, run.after) if e and "reused_from" not in e]
+        evals = [(e.get("aggregate") or {}).get("resources") for e in own]
         kind = next((r.get("peak_memory_kind") for r in evals if r), None)
         tokens = [r["tokens"] for r in run.metrics if isinstance(r.get("tokens"), (int, float))]
         train = run.summary.get("resources") or {}

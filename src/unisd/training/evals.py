@@ -101,6 +101,8 @@ def evaluate_before(targets: list[EvalTarget], cfg: RunConfig, run_eval: Callabl
                 result = run_eval(target, "base")
                 if cache is not None:
                     save_eval(result, cache)
+            else:  # its time and energy were spent (and are counted) by the run that filled the cache
+                result = {**result, "reused_from": str(cache)}
             save_eval(result, path)
         results[target.name] = result
         console.print(f"base model on {target.name}: {format_accuracy(result['aggregate'])}")
