@@ -90,3 +90,14 @@ def test_extra_tasks_are_evaluated_before_and_after_and_reported(tiny_model_dir,
     assert tasks == {"arithmetic", "gsm8k (from arithmetic)"}
     assert len(out["cost"]) == 1  # the transfer view has no cost of its own
     assert "gsm8k (from arithmetic)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_an_unknown_extra_task_fails_before_a_run_directory_exists(tiny_model_dir, tmp_path):
+    from unisd.config.io import load_config
+    from unisd.errors import UnknownNameError
+
+    cfg = load_config("sft", [f"model.name={tiny_model_dir}", "data.task=arithmetic", "eval.extra_tasks=[nosuch]",
+                              f"output.root={tmp_path}", "output.name=run"])
+    with pytest.raises(UnknownNameError, match="nosuch"):
+        train(cfg, show_progress=False)
+    assert not (tmp_path / "run").exists()

@@ -28,7 +28,7 @@ class EvalTarget:
     task: Task
     examples: Sequence[Example]
     folder: Path
-    """Where its before.json and after.json go."""
+    """Where its before.json and after.json go, relative to the run directory."""
     extra: bool
 
 
@@ -50,7 +50,7 @@ def check_can_score(task: Task, cfg: RunConfig) -> None:
                          "eval.after=false to train without evaluating")
 
 
-def eval_targets(cfg: RunConfig, task: Task, run_dir: Path) -> list[EvalTarget]:
+def eval_targets(cfg: RunConfig, task: Task) -> list[EvalTarget]:
     """The training task's test items and every extra task's, loaded now so that a bad name or
     file fails before any model time; [] when the run evaluates nothing."""
     if not (cfg.eval.before or cfg.eval.after):
@@ -61,7 +61,7 @@ def eval_targets(cfg: RunConfig, task: Task, run_dir: Path) -> list[EvalTarget]:
         t = get_task(name, **task_options(cfg, name)) if extra else task
         check_can_score(t, cfg)
         examples = t.load(cfg.eval.split, data_dir=cfg.data.data_dir, limit=cfg.eval.limit, seed=cfg.optim.seed)
-        targets.append(EvalTarget(name, t, examples, run_dir / "eval" / name if extra else run_dir / "eval", extra))
+        targets.append(EvalTarget(name, t, examples, Path("eval", name) if extra else Path("eval"), extra))
     return targets
 
 
@@ -87,12 +87,12 @@ def _read(path: Path | None) -> dict | None:
     return result if isinstance(result, dict) and "aggregate" in result else None
 
 
-def evaluate_before(targets: list[EvalTarget], cfg: RunConfig, run_eval: Callable[[EvalTarget, str], dict],
-                    console) -> dict[str, dict]:
+def evaluate_before(targets: list[EvalTarget], run_dir: Path, cfg: RunConfig,
+                    run_eval: Callable[[EvalTarget, str], dict], console) -> dict[str, dict]:
     """Base-model results per target: the run's own file, else the shared cache, else `run_eval`."""
     results = {}
     for target in targets:
-        path = target.folder / "before.json"
+        path = run_dir / target.folder / "before.json"
         cache = base_cache_path(cfg, target.name)
         result = _read(path)
         if result is None:
@@ -109,12 +109,12 @@ def evaluate_before(targets: list[EvalTarget], cfg: RunConfig, run_eval: Callabl
     return results
 
 
-def evaluate_after(targets: list[EvalTarget], run_eval: Callable[[EvalTarget, str], dict],
+def evaluate_after(targets: list[EvalTarget], run_dir: Path, run_eval: Callable[[EvalTarget, str], dict],
                    console) -> dict[str, dict]:
     results = {}
     for target in targets:
         result = run_eval(target, "tuned")
-        save_eval(result, target.folder / "after.json")
+        save_eval(result, run_dir / target.folder / "after.json")
         results[target.name] = result
         if target.extra:
             console.print(f"tuned model on {target.name}: {format_accuracy(result['aggregate'])}")

@@ -110,12 +110,10 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     task = get_task(cfg.data.task, **task_options(cfg))
     train_examples = task.load(cfg.data.train_split, data_dir=cfg.data.data_dir, limit=cfg.data.train_limit,
                                seed=cfg.optim.seed)
-    targets = evals.eval_targets(cfg, task, Path("."))  # loaded now: a bad extra task fails here
+    targets = evals.eval_targets(cfg, task)  # loaded now: a bad extra task fails here
 
     run_dir = Path(resume_dir) if resume_dir else distributed.broadcast_object(
         make_run_dir(cfg) if dp.is_main else None)  # a derived name holds a timestamp: rank 0's counts
-    for target in targets:
-        target.folder = run_dir / target.folder
     if dp.is_main:
         if not resume_dir:
             dump_config(cfg, run_dir / "config.yaml")
@@ -140,8 +138,8 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     # ---- evaluation of the base model (same path as the tuned one; rank 0 only) ----
     befores: dict[str, dict] = {}
     if dp.is_main and cfg.eval.before:
-        befores = evals.evaluate_before(targets, cfg, evals.make_run_eval(model, tokenizer, cfg, show_progress, False),
-                                        console)
+        befores = evals.evaluate_before(targets, run_dir, cfg,
+                                        evals.make_run_eval(model, tokenizer, cfg, show_progress, False), console)
     before = befores.get(cfg.data.task)
     distributed.barrier()
 
@@ -329,8 +327,8 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
 
     afters: dict[str, dict] = {}
     if dp.is_main and cfg.eval.after:
-        afters = evals.evaluate_after(targets, evals.make_run_eval(model, tokenizer, cfg, show_progress,
-                                                                   cfg.model.finetune == "lora"), console)
+        afters = evals.evaluate_after(targets, run_dir, evals.make_run_eval(
+            model, tokenizer, cfg, show_progress, retention_after=cfg.model.finetune == "lora"), console)
     after = afters.get(cfg.data.task)
     summary = {"recipe": cfg.recipe, "task": cfg.data.task, "model": cfg.model.name, "steps": state["step"],
                "skipped_steps": state["skipped_steps"], "data": report.as_dict(),
