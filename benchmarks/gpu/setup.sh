@@ -4,6 +4,8 @@
 # SmolLM2 chunk, check both GGUF files, install the carried wheels, unpack the benchmark data and
 # the precomputed retrieval embeddings, and convert both models once (so parallel cells do not).
 # Carried paths: .device/smollm2-135m-instruct/part01, .device/data.tar.xz, .whl, .device/cache
+# (.device/data.tar.xz and .device/cache come from benchmarks/gpu/stage_local.sh, run here; .whl from
+# benchmarks/trl_compare.md)
 set -euo pipefail
 D=/tmp/unisd-models
 if [ ! -f $D/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
