@@ -101,3 +101,16 @@ def test_an_unknown_extra_task_fails_before_a_run_directory_exists(tiny_model_di
     with pytest.raises(UnknownNameError, match="nosuch"):
         train(cfg, show_progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_code_task_without_the_sandbox_opt_in_is_a_config_error_naming_the_flag(tiny_model_dir, tmp_path):
+    # also for an extra (out-of-distribution) task; the CLI prints ConfigError as one line
+    from unisd.config.io import load_config
+    from unisd.config.schema import ConfigError
+
+    fixtures = Path(__file__).parents[1] / "fixtures" / "data"
+    cfg = load_config("sft", [f"model.name={tiny_model_dir}", "data.task=arithmetic", f"data.data_dir={fixtures}",
+                              "eval.extra_tasks=[humaneval]", f"output.root={tmp_path}", "output.name=run"])
+    with pytest.raises(ConfigError, match="'humaneval' is scored by running model-written code; pass --execute-code"):
+        train(cfg, show_progress=False)
+    assert not (tmp_path / "run").exists()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from unisd.config.schema import RunConfig
+from unisd.config.schema import ConfigError, RunConfig
 from unisd.contexts._cache import content_key
 from unisd.evaluation.runner import evaluate, format_accuracy, save_eval
 from unisd.tasks import get_task
@@ -45,9 +45,9 @@ def task_options(cfg: RunConfig, name: str | None = None) -> dict[str, Any]:
 def check_can_score(task: Task, cfg: RunConfig) -> None:
     """Code tasks need the sandbox opt-in to be scored; say so before any model time is spent."""
     if (cfg.eval.before or cfg.eval.after) and getattr(task, "execute", True) is False:
-        raise ValueError(f"task {task.name!r} scores completions by running model-written code; pass "
-                         "--execute-code (eval.execute_code=true) to allow it in the sandbox, or set eval.before=false and "
-                         "eval.after=false to train without evaluating")
+        raise ConfigError(f"task {task.name!r} is scored by running model-written code; pass --execute-code "
+                          "(eval.execute_code=true) to allow it in the sandbox, or set eval.before=false and "
+                          "eval.after=false to train without evaluating")
 
 
 def eval_targets(cfg: RunConfig, task: Task) -> list[EvalTarget]:
