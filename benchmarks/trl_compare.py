@@ -425,23 +425,18 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict] = []
     table: list[dict] = []
     for batch in args.batch_sizes:
-        trl_res = unisd_res = None
-        if args.which in ("trl", "both"):
-            print(f"[trl   b{batch}] running ({out / f'trl_b{batch}.log'})", flush=True)
-            trl_res = run_trl(args, folder, batch, out, work, env)
-            runs.append(trl_res)
-            print(f"[trl   b{batch}] {trl_res.get('error') or trl_res['summary']}", flush=True)
-            if "error" in trl_res:
-                print(trl_res["log_tail"], flush=True)
-        if args.which in ("unisd", "both"):
-            print(f"[unisd b{batch}] running ({out / f'unisd_b{batch}.log'})", flush=True)
-            unisd_res = run_unisd(args, folder, batch, out, work, env)
-            runs.append(unisd_res)
-            print(f"[unisd b{batch}] {unisd_res.get('error') or unisd_res['summary']}", flush=True)
-            if "error" in unisd_res:
-                print(unisd_res["log_tail"], flush=True)
-        t = (trl_res or {}).get("summary", {})
-        u = (unisd_res or {}).get("summary", {})
+        results: dict[str, dict] = {}
+        for side, run_side in (("trl", run_trl), ("unisd", run_unisd)):
+            if args.which not in (side, "both"):
+                continue
+            print(f"[{side:<5} b{batch}] running ({out / f'{side}_b{batch}.log'})", flush=True)
+            res = results[side] = run_side(args, folder, batch, out, work, env)
+            runs.append(res)
+            print(f"[{side:<5} b{batch}] {res.get('error') or res['summary']}", flush=True)
+            if "error" in res:
+                print(res["log_tail"], flush=True)
+        t = results.get("trl", {}).get("summary", {})
+        u = results.get("unisd", {}).get("summary", {})
         row = {"batch": batch, "trl_step_s": t.get("step_s"), "unisd_step_s": u.get("step_s"),
                "trl_peak_gb": t.get("peak_memory_gb"), "unisd_peak_gb": u.get("peak_memory_gb"),
                "trl_generate_s": t.get("generate_s"), "unisd_generate_s": u.get("generate_s"),
@@ -450,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                "steps_measured": t.get("steps_measured") or u.get("steps_measured") or 0}
         row["speedup"] = (row["trl_step_s"] / row["unisd_step_s"]
                           if row["trl_step_s"] and row["unisd_step_s"] else None)
+        trl_res, unisd_res = results.get("trl"), results.get("unisd")
         if trl_res and unisd_res and "steps" in trl_res and "steps" in unisd_res:
             row["same_rows"] = ([s.get("first_row_id") for s in trl_res["steps"]]
                                 == [s.get("first_row_id") for s in unisd_res["steps"]])

@@ -234,21 +234,32 @@ def paired_rows(runs: list[Run], focus: str) -> tuple[list[dict[str, Any]], list
             notes.append(f"{task} / {model}: no other method to compare {focus} with")
             continue
         _, best = min(others, key=lambda am: (-am[0], am[1]))  # ties: the first name
-        mine, theirs = _pooled_items(evals[(task, model, focus)]), _pooled_items(evals[(task, model, best)])
-        common = sorted(set(mine) & set(theirs))
-        if not common:
+        pair = _paired(evals[(task, model, focus)], evals[(task, model, best)])
+        if pair is None:
             notes.append(f"{task} / {model}: {focus} and {best} share no (seed, item) pairs (per-item files "
                          "missing, or no seed in common)")
             continue
-        a, b = [mine[k] for k in common], [theirs[k] for k in common]
+        a, b, seeds = pair
         res = paired_bootstrap(a, b)
-        verdict = "better" if res["lo"] > 0 else "worse" if res["hi"] < 0 else "no clear difference"
         rows.append({"task": task, "model": labels[model], "focus": focus,
                      "focus_accuracy": float(np.mean(a)), "other": best, "other_accuracy": float(np.mean(b)),
                      "diff": res["diff"], "ci_lo": res["lo"], "ci_hi": res["hi"], "n": res["n"],
-                     "seeds": sorted({s for s, _ in common}), "p_not_better": res["p_not_better"],
-                     "verdict": verdict})
+                     "seeds": seeds, "p_not_better": res["p_not_better"], "verdict": _verdict(res["lo"], res["hi"])})
     return rows, notes
+
+
+def _paired(mine: list[SeedEval], theirs: list[SeedEval]) -> tuple[np.ndarray, np.ndarray, list[int]] | None:
+    """Per-item correctness of two methods on their common (seed, item) units, and those seeds."""
+    a_items, b_items = _pooled_items(mine), _pooled_items(theirs)
+    common = sorted(set(a_items) & set(b_items))
+    if not common:
+        return None
+    return (np.array([a_items[k] for k in common]), np.array([b_items[k] for k in common]),
+            sorted({s for s, _ in common}))
+
+
+def _verdict(lo: float, hi: float) -> str:
+    return "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
 
 
 def paired_against(runs: list[Run], focus: str, against: str, *, n_boot: int = 5000, seed: int = 0
@@ -263,17 +274,15 @@ def paired_against(runs: list[Run], focus: str, against: str, *, n_boot: int = 5
     for task, model in sorted({(t, m) for t, m, _ in evals}):
         if (task, model, focus) not in evals or (task, model, against) not in evals:
             continue
-        mine = _pooled_items(evals[(task, model, focus)])
-        theirs = _pooled_items(evals[(task, model, against)])
-        common = sorted(set(mine) & set(theirs))
-        if not common:
+        pair = _paired(evals[(task, model, focus)], evals[(task, model, against)])
+        if pair is None:
             continue
-        a, b = np.array([mine[k] for k in common]), np.array([theirs[k] for k in common])
+        a, b, seeds = pair
         res = paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
         rows.append({"task": task, "model": labels[model], "focus": focus, "against": against,
                      "focus_accuracy": float(a.mean()), "other_accuracy": float(b.mean()), "diff": res["diff"],
                      "ci_lo": res["lo"], "ci_hi": res["hi"], "n": res["n"],
-                     "seeds": sorted({s for s, _ in common}), "p_not_better": res["p_not_better"]})
+                     "seeds": seeds, "p_not_better": res["p_not_better"]})
         per_model.setdefault(model, []).append((a, b))
     rng = np.random.default_rng(seed)
     for model, pairs in per_model.items():
@@ -287,7 +296,7 @@ def paired_against(runs: list[Run], focus: str, against: str, *, n_boot: int = 5
                      "n": int(sum(a.size for a, _ in pairs)), "seeds": [],
                      "p_not_better": float((boots <= 0).mean())})
     for row in rows:
-        row["verdict"] = "better" if row["ci_lo"] > 0 else "worse" if row["ci_hi"] < 0 else "no clear difference"
+        row["verdict"] = _verdict(row["ci_lo"], row["ci_hi"])
     return rows
 
 

@@ -91,12 +91,7 @@ def read_sweep(path: str | Path) -> dict[str, Any]:
         spec[key] = value
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in spec["seeds"]):
         raise ConfigError(f"{path}: seeds must be integers, got {spec['seeds']}")
-    common = _flatten(spec.get("set") or {}, where=f"{path}: set")
-    clash = sorted(k for k in common if k in OWNED)
-    if clash:
-        raise ConfigError(f"{path}: set: {', '.join(clash)} is chosen per cell by the sweep "
-                          f"(recipes/tasks/models/seeds/root); remove it from set")
-    spec["set"] = common
+    spec["set"] = _settings(spec.get("set"), path=path, section="set")
     spec["root"] = str(spec.get("root") or Path("runs") / path.stem)
     spec["set"].setdefault("eval.base_cache", str(Path(spec["root"]) / "base_evals"))
     per_task = spec.get("per_task") or {}
@@ -106,14 +101,19 @@ def read_sweep(path: str | Path) -> dict[str, Any]:
     if stray:
         raise ConfigError(f"{path}: per_task names {', '.join(stray)}, which tasks does not list "
                           f"({', '.join(map(str, spec['tasks']))})")
-    spec["per_task"] = {}
-    for task, tree in per_task.items():
-        settings = _flatten(tree or {}, where=f"{path}: per_task: {task}")
-        clash = sorted(k for k in settings if k in OWNED)
-        if clash:
-            raise ConfigError(f"{path}: per_task: {task}: {', '.join(clash)} is chosen per cell by the sweep")
-        spec["per_task"][str(task)] = settings
+    spec["per_task"] = {str(task): _settings(tree, path=path, section=f"per_task: {task}")
+                        for task, tree in per_task.items()}
     return spec
+
+
+def _settings(tree: Any, *, path: Path, section: str) -> dict[str, Any]:
+    """A `set:` or `per_task:` mapping, flattened to dotted fields, none of them one the sweep owns."""
+    settings = _flatten(tree or {}, where=f"{path}: {section}")
+    clash = sorted(k for k in settings if k in OWNED)
+    if clash:
+        raise ConfigError(f"{path}: {section}: {', '.join(clash)} is chosen per cell by the sweep "
+                          f"(recipes/tasks/models/seeds/root); remove it from {section}")
+    return settings
 
 
 def _flatten(tree: Any, *, where: str, prefix: str = "") -> dict[str, Any]:
@@ -206,12 +206,12 @@ def run_sweep(paths: str | Path | list[str | Path], *, devices: list[str] | None
 
     console = console or Console()
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    cells, names, roots = [], set(), []
+    cells, planned, roots = [], set(), []
     for path in paths:
         spec = read_sweep(path)
         for cell in plan_cells(spec):
-            if cell.run_dir not in names:
-                names.add(cell.run_dir)
+            if cell.run_dir not in planned:
+                planned.add(cell.run_dir)
                 cells.append(cell)
         root = Path(spec["root"])
         root.mkdir(parents=True, exist_ok=True)
