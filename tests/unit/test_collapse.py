@@ -34,3 +34,12 @@ def test_steps_without_samples_are_ignored():
     watch = CollapseWatch(window=1)
     watch.update(rec(10.0))
     assert watch.update(rec(0.0, rows=0)) == [] and watch.history["len"] == [10.0]
+
+
+def test_repetition_that_starts_high_and_stays_is_not_a_collapse():
+    # JSON tool calls repeat 4-grams by construction (ToolAlpaca starts at ~0.33): only a rise counts
+    steady, rising = CollapseWatch(window=2), CollapseWatch(window=2)
+    assert all(steady.update(rec(10.0, repetition=0.33 + 0.02 * (i >= 2))) == [] for i in range(6))
+    out = [rising.update(rec(10.0, repetition=0.33 if i < 2 else 0.45)) for i in range(4)]
+    assert out[:3] == [[], [], []]  # flagged once a full window follows the reference window
+    assert len(out[3]) == 1 and out[3][0].startswith("repetition: 0.45") and "up from 0.33" in out[3][0]

@@ -114,11 +114,13 @@ def test_collapse_flags_length_drop_and_repetition(tmp_path):
     make_run(tmp_path, "steady", recipe="ema", metrics=steps([20] * 5 + [11] * 5, [0.1] * 10))
     make_run(tmp_path, "loops", recipe="opsd", metrics=steps([20] * 10, [0.0] * 5 + [0.5] * 5))
     make_run(tmp_path, "gold", recipe="sft", metrics=steps([0] * 10, [0] * 10, on_policy=0.0))
+    make_run(tmp_path, "json", recipe="sdft", metrics=steps([20] * 10, [0.33] * 5 + [0.36] * 5))
     rows = T.collapse_rows(T.load_runs([tmp_path]))
-    short, steady, loops, gold = (_row(rows, run=r) for r in ("short", "steady", "loops", "gold"))
+    short, steady, loops, gold, json_ = (_row(rows, run=r) for r in ("short", "steady", "loops", "gold", "json"))
     assert (short["len_first"], short["len_last"]) == (20.0, 9.0) and short["collapse"].startswith("length <")
     assert steady["len_last"] == 11.0 and steady["collapse"] == ""  # 55% of the start: not flagged
-    assert (loops["rep_first"], loops["rep_last"]) == (0.0, 0.5) and loops["collapse"] == "repetition > 0.3"
+    assert (loops["rep_first"], loops["rep_last"]) == (0.0, 0.5) and loops["collapse"] == "repetition > 0.3, up 0.50"
+    assert json_["collapse"] == ""  # above 0.3 from the start (structured output), not rising
     assert gold["sampled_steps"] == 0 and gold["len_first"] is None and gold["collapse"] == ""
     assert short["accuracy"] == 0.25  # shown next to the accuracy after
 

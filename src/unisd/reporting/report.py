@@ -150,8 +150,9 @@ def render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cos
 
     parts.append(f"## Collapse watch\n\nSampled completion length (tokens) and share of repeated "
                  f"4-grams, mean of the first and of the last {T.WINDOW} steps with on-policy samples. "
-                 f"Flagged when the length ends below {T.LENGTH_DROP:.0%} of its start or repetition ends "
-                 f"above {T.REPETITION_MAX}.\n")
+                 f"Flagged when the length ends below {T.LENGTH_DROP:.0%} of its start, the entropy below "
+                 f"{T.ENTROPY_DROP:.0%} of its start, or repetition ends above {T.REPETITION_MAX} after "
+                 f"rising by at least {T.REPETITION_RISE}.\n")
     parts.append("Student entropy: mean entropy (nats) of the student's distribution on the tokens it "
                  "learns from; `steps warned`: steps the training loop flagged live (collapse/flags in "
                  "metrics.jsonl).\n")

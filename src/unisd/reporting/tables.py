@@ -37,7 +37,9 @@ WINDOW = 5
 LENGTH_DROP = 0.5
 """Flag when the last-window mean completion length is below this share of the first window's."""
 REPETITION_MAX = 0.3
-"""Flag when the last-window mean share of repeated 4-grams is above this."""
+"""Flag when the last-window mean share of repeated 4-grams is above this and ..."""
+REPETITION_RISE = 0.1
+"""... at least this much above the first window's (JSON tool calls start above 0.3)."""
 ENTROPY_DROP = 0.3
 """Flag when the last-window mean student entropy is below this share of the first window's
 (the same thresholds as the training loop's live `unisd.training.collapse.CollapseWatch`)."""
@@ -380,8 +382,8 @@ def collapse_rows(runs: list[Run]) -> list[dict[str, Any]]:
         flags = []
         if len_first is not None and len_last < LENGTH_DROP * len_first:
             flags.append(f"length < {LENGTH_DROP:.0%} of start")
-        if rep_last is not None and rep_last > REPETITION_MAX:
-            flags.append(f"repetition > {REPETITION_MAX}")
+        if rep_last is not None and rep_last > REPETITION_MAX and rep_last - rep_first >= REPETITION_RISE:
+            flags.append(f"repetition > {REPETITION_MAX}, up {rep_last - rep_first:.2f}")
         if ent_first and ent_last is not None and ent_last < ENTROPY_DROP * ent_first:
             flags.append(f"entropy < {ENTROPY_DROP:.0%} of start")
         rows.append({**_run_keys(run), "sampled_steps": len(sampled), "len_first": len_first,

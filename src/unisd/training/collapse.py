@@ -25,7 +25,10 @@ class CollapseWatch:
     entropy_drop: float = 0.3
     """Flag when the recent mean student entropy falls below this share of the reference."""
     repetition_max: float = 0.3
-    """Flag when the recent mean share of repeated 4-grams exceeds this."""
+    """Flag when the recent mean share of repeated 4-grams exceeds this ...
+    (structured outputs such as ToolAlpaca's JSON calls start above 0.3 and stay there)"""
+    repetition_rise: float = 0.1
+    """... and exceeds the reference mean by at least this much."""
     history: dict[str, list[float]] = field(default_factory=lambda: {"len": [], "ent": [], "rep": []})
     warned: set[str] = field(default_factory=set)
 
@@ -54,7 +57,9 @@ class CollapseWatch:
                     out.append(f"{label}: {now:.3g} over the last {self.window} steps, "
                                f"below {drop:.0%} of the first {self.window} steps' {ref:.3g}")
         rep = self.history["rep"]
-        if len(rep) >= self.window and np.mean(rep[-self.window:]) > self.repetition_max:
-            out.append(f"repetition: {np.mean(rep[-self.window:]):.2f} of 4-grams repeated over the last "
-                       f"{self.window} steps (above {self.repetition_max})")
+        if len(rep) >= 2 * self.window:
+            ref, now = np.mean(rep[:self.window]), np.mean(rep[-self.window:])
+            if now > self.repetition_max and now - ref >= self.repetition_rise:
+                out.append(f"repetition: {now:.2f} of 4-grams repeated over the last {self.window} steps "
+                           f"(above {self.repetition_max}, up from {ref:.2f})")
         return out
