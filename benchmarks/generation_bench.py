@@ -13,6 +13,7 @@ rate is reported for information). Throughput: bf16, every row decodes exactly `
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -158,12 +159,13 @@ def main() -> None:
     prompts64 = random_prompts(64, 16, 64, cfg.vocab_size, seed=2)
     res["throughput"] = {}
 
-    def run_ours(name: str, gen, batch: int, reps: int = 3) -> None:
+    def run_ours(name: str, gen, batch: int, reps: int = 3, m=None) -> None:
+        m = model if m is None else m
         prompts = (prompts64 * (batch // 64 + 1))[:batch]
         t0 = time.perf_counter()
-        gen.generate(model, prompts, greedy, eos_token_ids=[], pad_token_id=pad)  # warm-up: compile, capture
+        gen.generate(m, prompts, greedy, eos_token_ids=[], pad_token_id=pad)  # warm-up: compile, capture
         warm = time.perf_counter() - t0
-        times = [timed(lambda: gen.generate(model, prompts, greedy, eos_token_ids=[], pad_token_id=pad))
+        times = [timed(lambda: gen.generate(m, prompts, greedy, eos_token_ids=[], pad_token_id=pad))
                  for _ in range(reps)]
         t = statistics.median(times)
         res["throughput"][name] = {"batch": batch, "seconds": round(t, 4),
@@ -185,6 +187,20 @@ def main() -> None:
         print(name, res["throughput"][name], flush=True)
 
     section("fast_compiled_b64", lambda: run_ours("fast_compiled_graph_b64", fast, 64, reps=5))
+    # the same without fused projections (q/k/v and gate/up as separate GEMMs): what fusion buys
+    section("fast_unfused_b64", lambda: run_ours("fast_unfused_b64", FastGenerator(compile=on_cuda or None,
+                                                                                   fuse=False), 64, reps=3))
+
+    # the student as the training loop samples from it: LoRA r16 on every linear projection
+    def lora_rows() -> None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = get_peft_model(copy.deepcopy(model), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                               init_lora_weights=False)).eval()
+        run_ours("fast_lora_b64", FastGenerator(compile=on_cuda or None), 64, reps=3, m=lora)
+        run_ours("fast_lora_unfused_b64", FastGenerator(compile=on_cuda or None, fuse=False), 64, reps=3, m=lora)
+
+    section("fast_lora_b64", lora_rows)
 
     # a shorter run with the same cache length (no new compile) splits the time into prefill and steps
     width = max(len(p) for p in prompts64)

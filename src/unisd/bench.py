@@ -3,8 +3,8 @@
 Measured on the device this runs on, in this order:
 1. ceilings: the dense matmul rate (bf16 4096^3 on CUDA, float32 1024^3 on CPU; the dtype is
    recorded) and the device copy bandwidth (read + write bytes of one large `copy_`);
-2. generation: tokens/s of the "fast" backend and of HF `generate` with its default and its static
-   cache, greedy, every row forced to decode `new_tokens` (no EOS ids), on the configured task's
+2. generation: tokens/s of the "fast" backend (on CUDA with fused projections; "fast_unfused":
+   without them) and of HF `generate` with its default and its static cache, greedy, every row forced to decode `new_tokens` (no EOS ids), on the configured task's
    student chat prompts (so prompt lengths are realistic), timed after a warm-up call. A second,
    one-token call times the prefill; the rest, divided by the decode steps, is set against the
    weight-bandwidth bound (bytes of the weights one step reads / measured copy bandwidth);
@@ -45,7 +45,7 @@ MFU_FORMULA = (
     "through the decoder; S: completion tokens through the LM head (heads run on completion positions "
     "only); step_s includes generation, whose FLOPs are not counted; attention score FLOPs and "
     "gradient-checkpointing recompute are not counted.")
-BACKENDS = ("fast", "hf", "hf_static")
+BACKENDS = ("fast", "fast_unfused", "hf", "hf_static")
 
 
 def _sync(device: torch.device) -> None:
@@ -126,8 +126,8 @@ def _generator(name: str):
     from unisd.generation.fast import FastGenerator
     from unisd.generation.hf import HFGenerator
 
-    if name == "fast":
-        return FastGenerator()
+    if name in ("fast", "fast_unfused"):
+        return FastGenerator(fuse=False if name == "fast_unfused" else None)
     return HFGenerator(cache_implementation="static" if name == "hf_static" else None)
 
 

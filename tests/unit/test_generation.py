@@ -308,3 +308,108 @@ def test_attention_switch_is_restored(model, prompts):
         hook.remove()
     assert set(seen) == {"unisd_grouped_sdpa"}
     assert model.config._attn_implementation == "sdpa"
+
+
+# ----- fused decode projections ------------------------------------------------------------------
+
+def _count_linears(fn, *args) -> int:
+    """F.linear calls in the graph torch.compile traces for fn(*args) (dynamo only, no inductor)."""
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(sum(1 for n in gm.graph.nodes if n.op == "call_function"
+                        and n.target in (torch._C._nn.linear, torch.nn.functional.linear)))
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    torch._dynamo.reset()
+    return sum(seen)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: q/k/v carry biases
+def test_fused_decode_matches_naive_greedy(arch, prompts):
+    from unisd.models.tiny import tiny_model
+
+    m, _ = tiny_model(arch, layers=2)
+    ref = naive_greedy(m, prompts, 16, eos=[2])
+    gen = fast_gen(fuse=True)
+    assert gen.generate(m, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == ref
+    assert gen._weights and len(gen._weights.groups) == 2 * 2  # q/k/v and gate/up per layer
+    assert type(m.model.layers[0].self_attn.q_proj) is torch.nn.Linear  # restored afterwards
+
+
+def test_fused_decode_with_lora_and_adapter_toggles(lora_model, prompts):
+    # lora_model wraps q_proj, v_proj and down_proj: k_proj joins its group with an empty B block
+    ref = naive_greedy(lora_model, prompts, 16, eos=[2])
+    gen = fast_gen(fuse=True)
+    assert gen.generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == ref
+    groups = {g.names: g for g in gen._weights.groups}
+    assert set(groups) == {("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("down_proj",)}
+    assert groups[("q_proj", "k_proj", "v_proj")].lora_a.shape[0] == 2 * 4  # q and v, rank 4 each
+    with lora_model.disable_adapter():  # rebuilt without adapters: the plain base model
+        assert gen.generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == \
+            naive_greedy(lora_model, prompts, 16, eos=[2])
+        assert all(g.lora_a is None for g in gen._weights.groups)
+
+
+def test_fused_decode_sees_in_place_updates(prompts):
+    from peft import LoraConfig, get_peft_model
+
+    m = get_peft_model(_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"],
+                                                 init_lora_weights=False)).eval()
+    gen = fast_gen(fuse=True)
+    gen.generate(m, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD)
+    with torch.no_grad():  # an optimizer step: same tensors, new values (LoRA and base weights)
+        for name, p in m.named_parameters():
+            if "lora_B" in name or "gate_proj" in name:
+                p.mul_(-3.0)
+    assert gen.generate(m, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == \
+        naive_greedy(m, prompts, 16, eos=[2])
+
+
+def test_fused_projections_trace_to_fewer_matmuls(lora_model):
+    from unisd.generation.fused import DecodeWeights
+
+    ids = torch.tensor([[5, 6, 7]])
+
+    def logits(model):
+        return model(input_ids=ids, use_cache=False).logits
+
+    base = _tiny_llama()
+    plain = _count_linears(logits, base)
+    weights = DecodeWeights(base)
+    with weights.patched():
+        fused = _count_linears(logits, base)
+    assert (plain, fused) == (2 * 7 + 1, 2 * 4 + 1)  # per layer: 7 projections -> 4 GEMMs; + LM head
+    with torch.no_grad():
+        lora = _count_linears(logits, lora_model)
+        weights = DecodeWeights(lora_model)
+        with weights.patched():
+            lora_fused = _count_linears(logits, lora_model)
+    # peft: 3 linears per LoRA projection (q, v, down: base, A, B) + 4 plain ones. Fused: q/k/v base + A
+    # (B in an addmm), gate/up 1, o_proj (plain, untouched) 1, down base + A
+    assert lora == 2 * (4 + 3 * 3) + 1 and lora_fused == 2 * (2 + 1 + 1 + 2) + 1
+
+
+def test_fused_check_falls_back_when_the_call_order_differs(monkeypatch, model, prompts):
+    from unisd.generation import fused
+
+    monkeypatch.setattr(fused, "GROUPS", (("v_proj", "k_proj", "q_proj"),))  # HF calls q_proj first
+    gen = fast_gen(fuse=True)
+    with pytest.warns(UserWarning, match="do not reproduce"):
+        out = gen.generate(model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD)
+    assert out == naive_greedy(model, prompts, 16, eos=[2]) and gen._weights is None
+    assert type(model.model.layers[0].self_attn.v_proj) is torch.nn.Linear
+
+
+def test_patched_restores_modules_on_error(model):
+    from unisd.generation.fused import DecodeWeights
+
+    weights = DecodeWeights(model)
+    attn = model.model.layers[0].self_attn
+    original = attn.q_proj
+    with pytest.raises(ValueError), weights.patched():
+        assert attn.q_proj is not original
+        raise ValueError("boom")
+    assert attn.q_proj is original and all(g.product is None for g in weights.groups)

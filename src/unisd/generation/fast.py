@@ -34,6 +34,9 @@ Cost and speed (H200, SmolLM2-135M architecture, bf16, 128 new tokens; benchmark
 generation_h200.json): the first call per dtype compiles the forward (about a minute); then batch 64
 runs at ~32k tok/s (HF generate: 2.3k default cache, 15k static), 512 at ~122k. At small batch the
 step is bound by kernel count (~500 per step), not memory bandwidth.
+With `fuse` (the default on CUDA) the decode step reads q/k/v and gate/up through one GEMM each and
+runs LoRA adapters batched per group (`unisd.generation.fused`), to cut that kernel count; its
+speed on the GPU has not been measured yet (benchmarks/generation_bench.py has the rows).
 
 Shapes: B batch rows (bucketed), P prompt width, L cache length, T max new tokens, V vocabulary.
 """
@@ -51,6 +54,7 @@ import torch
 from unisd.generation._util import (check_params, cut_at_eos, left_pad, model_device, position_ids_from_mask,
                                     seeded, unwrap_model)
 from unisd.generation.base import SamplingParams
+from unisd.generation.fused import DecodeWeights
 
 _MAX_EOS = 8  # eos ids live in a fixed-size buffer (padded with -1) so graphs do not depend on their count
 
@@ -247,11 +251,14 @@ class FastGenerator:
             calls with similar lengths reuse the same graphs.
         max_batch: prompts decoded together at most; larger inputs are split (None: no limit).
         max_workspaces: (bucket, length) shapes kept alive; the least recently used is freed.
+        fuse: decode with `unisd.generation.fused.DecodeWeights` (q/k/v and gate/up as one GEMM each,
+            LoRA adapters batched per group; default: when compiling, i.e. on CUDA). Costs a copy of
+            the projection weights; checked once per model against the unfused logits.
     """
 
     def __init__(self, *, compile: bool | None = None, cuda_graph: bool | None = None, check_every: int = 8,
                  compact: bool = True, min_bucket: int = 8, cache_len_multiple: int = 128,
-                 max_batch: int | None = None, max_workspaces: int = 4):
+                 max_batch: int | None = None, max_workspaces: int = 4, fuse: bool | None = None):
         if check_every < 1 or min_bucket < 1 or cache_len_multiple < 1:
             raise ValueError("check_every, min_bucket and cache_len_multiple must be >= 1")
         self.compile = compile
@@ -262,12 +269,15 @@ class FastGenerator:
         self.cache_len_multiple = cache_len_multiple
         self.max_batch = max_batch
         self.max_workspaces = max_workspaces
+        self.fuse = fuse
         self.last_stats: dict[str, Any] = {}
         """Of the last call: decode steps run, compactions, graphs captured, buckets used."""
         self._fingerprint: tuple | None = None
         self._workspaces: OrderedDict[tuple[int, int], _Workspace] = OrderedDict()
         self._forward: Callable[..., torch.Tensor] = _forward_last_logits
         self._compiled = False
+        self._weights: DecodeWeights | None = None
+        self._fuse_failed: set[int] = set()  # id() of models whose fused logits did not match
 
     # ----- public API ------------------------------------------------------------------------------
 
@@ -285,7 +295,7 @@ class FastGenerator:
         self.last_stats = {"steps": 0, "compactions": 0, "graphs_captured": 0, "buckets": []}
         chunk = self.max_batch or len(prompts)
         out: list[list[int]] = []
-        with seeded(rng, device), torch.no_grad(), _grouped_attention(base):
+        with seeded(rng, device), torch.no_grad(), _grouped_attention(base), self._fused_projections():
             for lo in range(0, len(prompts), chunk):
                 out.extend(self._generate_batch(base, device, prompts[lo:lo + chunk], params,
                                                 list(eos_token_ids), pad_token_id))
@@ -295,6 +305,33 @@ class FastGenerator:
         """Free every cached graph, KV cache and buffer."""
         self._workspaces.clear()
         self._fingerprint = None
+        self._weights = None
+
+    @contextlib.contextmanager
+    def _fused_projections(self) -> Iterator[None]:
+        """Decode through `DecodeWeights` (refreshed from the current weights), when enabled."""
+        weights = self._weights
+        if weights is None or not weights:
+            yield
+            return
+        weights.refresh()
+        with weights.patched():
+            yield
+
+    def _check_fused(self, base: torch.nn.Module, device: torch.device, weights: DecodeWeights) -> bool:
+        """Do the patched and the original model give the same logits? (A model that called its
+        projections in another order than q, k, v / gate, up would read a stale product.)"""
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, int(base.config.vocab_size), (2, 6), generator=g).to(device)
+        with torch.no_grad():
+            ref = base(input_ids=ids, use_cache=False).logits.float()
+            try:
+                with weights.patched():
+                    got = base(input_ids=ids, use_cache=False).logits.float()
+            except RuntimeError:  # a shim called out of order
+                return False
+        # loose enough for bf16 rounding differences, far below what a wrong product would give
+        return bool(torch.allclose(got, ref, rtol=0.05, atol=0.05 * float(ref.abs().max()) + 1e-6))
 
     # ----- setup -----------------------------------------------------------------------------------
 
@@ -302,11 +339,22 @@ class FastGenerator:
         """Drop cached graphs when the model's parameters or adapter state changed; set up compile."""
         fingerprint = (id(base), base.training, _adapter_state(base),
                        tuple((p.data_ptr(), p.dtype, p.shape) for p in base.parameters()))
+        on_cuda = device.type == "cuda"
+        use_compile = on_cuda if self.compile is None else self.compile
         if fingerprint != self._fingerprint:
             self._workspaces.clear()
             self._fingerprint = fingerprint
-        on_cuda = device.type == "cuda"
-        use_compile = on_cuda if self.compile is None else self.compile
+            self._weights = None
+            if (use_compile if self.fuse is None else self.fuse) and id(base) not in self._fuse_failed:
+                # rebuilt with every fingerprint change: which adapters are live is part of its shape
+                self._weights = DecodeWeights(base)
+                if self._weights and not self._check_fused(base, device, self._weights):
+                    import warnings
+
+                    warnings.warn(f"{type(base).__name__}: fused decode projections do not reproduce the "
+                                  "model's logits; decoding without them", stacklevel=3)
+                    self._fuse_failed.add(id(base))
+                    self._weights = None
         if use_compile and not self._compiled:
             dynamo = torch._dynamo.config
             # one compile per (dtype, cache length); batch buckets share it through a dynamic batch dim

@@ -1,0 +1,209 @@
+"""Decode-time projection weights: q/k/v and gate/up fused into one matrix each, LoRA batched.
+
+At small decode batches a step is bound by how many kernels it launches, not by bandwidth
+(docs/benchmarks.md: ~500 kernels per SmolLM2 step at batch 64, 210 of them small GEMMs). A Llama-
+style layer runs seven projections, and under peft LoRA each one is five kernels (base GEMM, A,
+B, scale, add). `DecodeWeights` keeps, for every attention block, one [q+k+v, hidden] matrix, for
+every MLP one [gate+up, hidden] matrix, and for LoRA the adapters of a group stacked the same way:
+A as one [sum of ranks, hidden] matrix and B (times its scaling) as one block-diagonal
+[sum of outputs, sum of ranks] matrix, so a group costs three GEMMs (base, A, B-and-add) instead of
+five kernels per member. LoRA stays unmerged on purpose: W + s·BA rounded to bf16 drops every delta
+entry below half a bf16 step of W, so early in training the sampling policy would silently be the
+base model's. Other LoRA-wrapped projections (o_proj, down_proj) get the same three-GEMM form.
+While `patched()` is active the model's projection modules are replaced by shims that read these
+matrices; outside it the model is untouched, and training and teacher scoring never see the shims.
+
+How the shims share one GEMM: HF's attention calls q_proj, k_proj and v_proj in that order on the
+same input (the MLP: gate_proj, then up_proj). The first shim of a group computes the fused product
+and keeps it on the group; the others slice it. `torch.compile` traces this as one matmul (it
+records the attribute write as a side effect). An architecture that called them in another order
+would read a stale product, so `FastGenerator` compares the patched and unpatched logits once per
+model and turns fusion off, with a warning, when they differ.
+
+`refresh()` copies the current values in (same storage, so captured CUDA graphs stay valid): call it
+before each generation, after the optimizer changed the weights. It costs one pass over the
+projection weights, and the copies cost that much memory. Which adapters are live (enabled, not
+merged) is fixed when a `DecodeWeights` is built: rebuild it when the adapter state changes.
+
+Not fused (left as they are): projections that are neither `nn.Linear` nor peft LoRA layers over
+one (quantized layers, DoRA and other LoRA variants, LoRA with its own bias, LoRA dropout active in
+training mode), and members of a group whose input sizes or dtypes differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Sibling projections that read the same input, in the order HF models call them."""
+SINGLES = ("o_proj", "down_proj")
+"""Projections replaced on their own, and only when LoRA-wrapped (base GEMM, A, B-and-add)."""
+
+
+def _base_linear(module: nn.Module) -> nn.Linear | None:
+    """The `nn.Linear` behind a plain or peft-LoRA projection; None when it is something else
+    (quantized, DoRA or another LoRA variant, LoRA with its own bias, transposed weights)."""
+    if type(module) is nn.Linear:
+        return module
+    base = getattr(module, "base_layer", None)
+    if type(base) is not nn.Linear or not hasattr(module, "get_delta_weight"):
+        return None
+    if getattr(module, "fan_in_fan_out", False):
+        return None
+    for name in getattr(module, "lora_A", {}):
+        if (getattr(module, "use_dora", {}).get(name) or getattr(module, "lora_variant", {}).get(name)
+                or getattr(module.lora_B[name], "bias", None) is not None):
+            return None
+        dropouts = getattr(module, "lora_dropout", {})
+        dropout = dropouts[name] if name in dropouts else None
+        if module.training and dropout is not None and getattr(dropout, "p", 0.0) > 0:
+            return None  # sampling would have to drop the same units as peft's forward
+    return base
+
+
+def _live_adapters(module: nn.Module) -> list[str]:
+    """The adapters a peft LoRA layer's forward would add right now (none when disabled or merged:
+    a merged adapter is already in the base weight)."""
+    if type(module) is nn.Linear or getattr(module, "disable_adapters", False) or getattr(module, "merged", False):
+        return []
+    return [name for name in module.active_adapters if name in module.lora_A]
+
+
+@dataclass
+class _Group:
+    """One fused projection and the modules it stands for (`names` on `parent`, in call order)."""
+
+    parent: nn.Module
+    names: tuple[str, ...]
+    originals: list[nn.Module]
+    bounds: list[tuple[int, int]]          # output rows of each member in `weight`
+    adapters: list[list[str]]              # live LoRA adapters of each member, fixed at build
+    weight: torch.Tensor                   # [sum out, in]: the members' base weights
+    bias: torch.Tensor | None              # [sum out]
+    lora_a: torch.Tensor | None = None     # [sum rank, in]
+    lora_b: torch.Tensor | None = None     # [sum out, sum rank], block-diagonal, scaling folded in
+    shims: list[nn.Module] = field(default_factory=list)
+    product: torch.Tensor | None = None    # the first shim's output, read by the others
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        col = 0
+        for module, (lo, hi), names in zip(self.originals, self.bounds, self.adapters):
+            base = _base_linear(module)
+            self.weight[lo:hi].copy_(base.weight)
+            if self.bias is not None:
+                self.bias[lo:hi].copy_(base.bias) if base.bias is not None else self.bias[lo:hi].zero_()
+            for name in names:
+                a, b = module.lora_A[name].weight, module.lora_B[name].weight  # [r, in], [out, r]
+                rank = a.shape[0]
+                self.lora_a[col:col + rank].copy_(a)
+                self.lora_b[lo:hi, col:col + rank].copy_(b * module.scaling[name])
+                col += rank
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if self.lora_a is None:
+            return out
+        low = F.linear(x, self.lora_a)  # [..., sum rank]
+        shape = out.shape
+        return torch.addmm(out.reshape(-1, shape[-1]), low.reshape(-1, low.shape[-1]),
+                           self.lora_b.t()).reshape(shape)
+
+
+class _First(nn.Module):
+    """The first projection of a group: computes the fused product, returns its own slice."""
+
+    def __init__(self, group: _Group, lo: int, hi: int):
+        super().__init__()
+        self.group, self.lo, self.hi = group, lo, hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.group.product = self.group.project(x)
+        return self.group.product[..., self.lo:self.hi]
+
+
+class _Rest(nn.Module):
+    """A later projection of a group: a slice of the product the first one computed."""
+
+    def __init__(self, group: _Group, lo: int, hi: int):
+        super().__init__()
+        self.group, self.lo, self.hi = group, lo, hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.group.product is None:
+            raise RuntimeError(f"{self.group.names}: called before {self.group.names[0]}, so there is no "
+                               "fused product to slice")
+        return self.group.product[..., self.lo:self.hi]
+
+
+def _group(parent: nn.Module, names: tuple[str, ...]) -> _Group | None:
+    modules = [getattr(parent, n, None) for n in names]
+    bases = [_base_linear(m) if isinstance(m, nn.Module) else None for m in modules]
+    if any(b is None for b in bases):
+        return None
+    if len({(b.in_features, b.weight.dtype, b.weight.device) for b in bases}) != 1:
+        return None
+    if len(names) == 1 and type(modules[0]) is nn.Linear:
+        return None  # a plain linear on its own gains nothing from a copy
+    sizes = [b.out_features for b in bases]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    ref = bases[0].weight
+    like = dict(dtype=ref.dtype, device=ref.device)
+    adapters = [_live_adapters(m) for m in modules]
+    ranks = sum(m.lora_A[n].weight.shape[0] for m, names in zip(modules, adapters) for n in names)
+    group = _Group(parent=parent, names=names, originals=modules, bounds=list(zip(offsets[:-1], offsets[1:])),
+                   adapters=adapters, weight=torch.empty((offsets[-1], ref.shape[1]), **like),
+                   bias=(torch.empty(offsets[-1], **like) if any(b.bias is not None for b in bases) else None))
+    if ranks:
+        group.lora_a = torch.empty((ranks, ref.shape[1]), **like)
+        group.lora_b = torch.zeros((offsets[-1], ranks), **like)  # off-diagonal blocks stay 0
+    group.shims = [(_First if i == 0 else _Rest)(group, lo, hi) for i, (lo, hi) in enumerate(group.bounds)]
+    return group
+
+
+class DecodeWeights:
+    """Fused, LoRA-merged projection weights for one model (see the module docstring)."""
+
+    def __init__(self, model: nn.Module):
+        self.groups: list[_Group] = []
+        for parent in model.modules():
+            if isinstance(parent, (_First, _Rest)):
+                continue
+            for names in (*GROUPS, *((n,) for n in SINGLES)):
+                if all(hasattr(parent, n) for n in names):
+                    group = _group(parent, names)
+                    if group is not None:
+                        self.groups.append(group)
+        self.refresh()
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for g in self.groups for t in (g.weight, g.bias, g.lora_a, g.lora_b) if t is not None)
+
+    def refresh(self) -> None:
+        """Copy the model's current weights in, in place (the adapter structure is fixed at build)."""
+        for group in self.groups:
+            group.refresh()
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[None]:
+        """Swap the shims in for the duration (the original modules are restored even on errors)."""
+        try:
+            for group in self.groups:
+                for name, shim in zip(group.names, group.shims):
+                    setattr(group.parent, name, shim)
+            yield
+        finally:
+            for group in self.groups:
+                group.product = None
+                for name, original in zip(group.names, group.originals):
+                    setattr(group.parent, name, original)
