@@ -181,3 +181,135 @@ def test_resume_with_another_process_count_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"2 process\(es\); resume it with the same number "
                                           r"\(torchrun --nproc_per_node 2\), not 1"):
         load_checkpoint(path, model=None, optimizer=None, scheduler=None, teacher=None, rng=None)
+
+
+# ---- FSDP2: distributed.strategy=fsdp --------------------------------------------------------------
+
+FSDP = "distributed.strategy=fsdp"
+
+
+def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    folder = run / "checkpoints" / f"step-{step:06d}" / "weights"
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_fsdp_matches_one_process_and_resumes_exactly(tiny_model_dir, tmp_path):
+    """GKD, full fine-tuning, with the frozen-base teacher copy sharded too. The sampled rows are
+    all truncated and masked out, so the loss comes from the gold rows alone and one process can
+    be matched; they also leave micro-batches where one rank has loss tokens and the other none
+    (it must still join the forward and backward). Two FSDP ranks of 2 rows each (micro-batches
+    of 1: one unsynced backward before the synced one; clipping binds) log one process's losses
+    and gradient norms and end with its weights, up to float summation order. Gradient
+    checkpointing does not change the numbers. Then a resume from the step-2 checkpoint (full
+    tensors written by rank 0, the optimizer state re-sharded) logs and ends with what the
+    uninterrupted run did."""
+    full = ("rollout.mask_truncated=true", "rollout.max_new_tokens=2", "model.finetune=full", "optim.lr=1e-3",
+            "optim.max_grad_norm=0.003", "output.checkpoint_every=2")
+    _run([sys.executable], "gkd", *_sets(tiny_model_dir, tmp_path, "one", *full))
+    _run(TORCHRUN, "gkd", *_sets(tiny_model_dir, tmp_path, "two", *full, FSDP,
+                                 "model.gradient_checkpointing=true"))
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [m["processes"] for m in two] == [2, 2, 2]
+    assert all(m["grad_norm"] > 0.003 for m in one)  # clipping binds at every step
+    # GKD's seeded coins give rank 0 only sampled (masked) rows at step 1, rank 1 a gold one
+    assert [m["rollout/on_policy_rows"] for m in two] == [3, 1, 2]
+    assert all(m["rollout/truncated_rate"] == 1 for m in one + two)
+    for a, b in zip(one, two, strict=True):
+        for key in COMPARED:
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-8), (a["step"], key)
+    want = _weights(tmp_path / "one", 3)
+    assert "model.layers.0.mlp.up_proj.weight" in want
+    torch.testing.assert_close(_weights(tmp_path / "two", 3), want, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(want["model.layers.0.mlp.up_proj.weight"],
+                           _weights(tmp_path / "one", 2)["model.layers.0.mlp.up_proj.weight"])  # it trained
+
+    run = tmp_path / "cut"
+    shutil.copytree(tmp_path / "two", run, ignore=shutil.ignore_patterns("summary.json", "training.png"))
+    shutil.rmtree(run / "checkpoints" / "step-000003")
+    (run / "metrics.jsonl").write_text("\n".join((run / "metrics.jsonl").read_text().splitlines()[:2]) + "\n")
+    _run(TORCHRUN, "--resume", str(run))
+    for a, b in zip(_metrics(run), two, strict=True):
+        for key in COMPARED:
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key)
+    torch.testing.assert_close(_weights(run, 3), _weights(tmp_path / "two", 3), rtol=1e-6, atol=1e-7)
+
+
+def test_fsdp_sampling_with_lora_matches_replicas(tiny_model_dir, tmp_path):
+    """SDFT with LoRA (the adapter sharded with its layers): each rank samples its own rows from
+    whole weights gathered for generation, the teacher (adapter switched off) scores them sharded,
+    and rank 0 evaluates the gathered model. Every rank draws what it draws under "replicate", so
+    the two runs log the same steps and score the same answers."""
+    sets = ("eval.after=true", "eval.limit=4", "eval.max_new_tokens=4", "rollout.backend=fast")
+    _run(TORCHRUN, "sdft", *_sets(tiny_model_dir, tmp_path, "replicate", *sets))
+    _run(TORCHRUN, "sdft", *_sets(tiny_model_dir, tmp_path, "fsdp", *sets, FSDP))
+    want, got = _metrics(tmp_path / "replicate"), _metrics(tmp_path / "fsdp")
+    assert all(m["finite"] and m["rollout/on_policy_rows"] == 4 for m in got)
+    for a, b in zip(got, want, strict=True):
+        for key in COMPARED + ("rollout/completion_len", "rollout/repetition"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-8), (a["step"], key)
+    items = [json.loads((tmp_path / name / "eval" / "after.json").read_text())["items"]
+             for name in ("replicate", "fsdp")]
+    assert items[0] == items[1] and len(items[0]) == 4
+    torch.testing.assert_close(_weights(tmp_path / "fsdp", 3), _weights(tmp_path / "replicate", 3),
+                               rtol=1e-5, atol=1e-6)
+
+
+def _fsdp_clip_workers(rank: int, world: int, init_file: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from unisd.training import fsdp
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        full = [torch.arange(12.0).view(4, 3) - 5, torch.tensor([3.0, -4.0, 12.0])]  # sharded, whole
+        reference = [torch.nn.Parameter(torch.zeros_like(g)) for g in full]
+        for p, g in zip(reference, full):
+            p.grad = g.clone()
+        want = torch.nn.utils.clip_grad_norm_(reference, 2.0)
+        sharded = torch.nn.Parameter(distribute_tensor(torch.zeros(4, 3), mesh, [Shard(0)]))
+        sharded.grad = distribute_tensor(full[0], mesh, [Shard(0)])
+        whole = torch.nn.Parameter(torch.zeros(3))
+        whole.grad = full[1].clone()
+        got = fsdp.clip_grad_norm_([sharded, whole], 2.0)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(sharded.grad.full_tensor(), reference[0].grad)
+        torch.testing.assert_close(whole.grad, reference[1].grad)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_clipping_takes_the_norm_over_shards_and_whole_tensors(tmp_path):
+    torch.multiprocessing.spawn(_fsdp_clip_workers, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+def test_fsdp_refuses_the_ema_teacher():
+    from unisd.config import load_config
+
+    load_config("sdft", [FSDP])
+    load_config("ema", ["distributed.strategy=replicate"])
+    with pytest.raises(ConfigError, match=r"strategy='fsdp' does not support teacher.weights='ema'"):
+        load_config("ema", [FSDP])
+    with pytest.raises(ConfigError, match=r"distributed.strategy: got 'zero3'"):
+        load_config("sdft", ["distributed.strategy=zero3"])
+
+
+def test_resume_under_another_strategy_is_refused(tmp_path):
+    from unisd.training.checkpoint import MARKER, load_checkpoint
+
+    path = tmp_path / "step-000002"
+    path.mkdir()
+    (path / MARKER).write_text("2")
+    torch.save({"ranks": [{}, {}], "sharded": True}, path / "trainer_state.pt")
+    with pytest.raises(ConfigError, match=r"written under distributed.strategy='fsdp'; resume it with "
+                                          r"the same strategy, not 'replicate'"):
+        load_checkpoint(path, model=None, optimizer=None, scheduler=None, teacher=None, rng=None,
+                        world_size=2)

@@ -337,6 +337,18 @@ class OptimConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: str = "replicate"
+    """How the processes of a torchrun launch share the model: "replicate" (each holds a full copy;
+    gradients are summed after accumulation) or "fsdp" (FSDP2: each decoder layer's weights,
+    gradients and optimizer state are sharded across the processes, for models too big to
+    replicate; `unisd.training.fsdp` lists what it covers). No effect in a single process."""
+
+    def validate(self, p: str = "distributed") -> None:
+        _choice(f"{p}.strategy", self.strategy, ("replicate", "fsdp"))
+
+
+@dataclass
 class EvalConfig:
     split: str = "test"
     """Split to evaluate on."""
@@ -402,6 +414,7 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -412,6 +425,7 @@ class RunConfig:
         self.objective.validate()
         self.rollout.validate()
         self.optim.validate()
+        self.distributed.validate()
         self.eval.validate()
         self.output.validate()
         o = self.objective
@@ -430,4 +444,10 @@ class RunConfig:
                               "set teacher.context to 'demonstration' or 'answer'")
         if self.teacher.weights == "ema" and self.model.finetune not in ("lora", "full"):
             raise ConfigError("teacher.weights='ema' needs model.finetune 'lora' or 'full'")
+        if self.distributed.strategy == "fsdp" and self.teacher.weights == "ema":
+            # The EMA pairs each trained tensor with its average, by reference; sharding replaces
+            # the module's parameters, so the pairs would point at tensors no longer trained.
+            raise ConfigError("distributed.strategy='fsdp' does not support teacher.weights='ema' (the EMA "
+                              "holds the student's parameters, which sharding replaces); use teacher.weights "
+                              "'frozen_base' or 'live', or distributed.strategy='replicate'")
         return self

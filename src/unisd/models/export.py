@@ -28,7 +28,7 @@ _ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def save_weights(model: nn.Module, out_dir: str | Path, *, base: str | None = None,
-                 step: int | None = None) -> Path:
+                 step: int | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the trained weights of `model` into `out_dir` (created if needed).
 
     Args:
@@ -36,6 +36,8 @@ def save_weights(model: nn.Module, out_dir: str | Path, *, base: str | None = No
             `export_merged(out_dir, ...)` can rebuild the model; default: the folder the base was
             loaded from (`config._name_or_path`).
         step: optimizer step, recorded in the metadata.
+        state_dict: the tensors to write instead of the model's own, keyed as in its state_dict
+            (full tensors gathered from a sharded model: `training.fsdp.full_state`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,11 +45,11 @@ def save_weights(model: nn.Module, out_dir: str | Path, *, base: str | None = No
     dtype = next(p.dtype for p in model.parameters())
     if is_lora(model):
         # selected_adapters: leave the teacher's "ema" adapter out (it has its own state).
-        model.save_pretrained(out, selected_adapters=[STUDENT_ADAPTER])
+        model.save_pretrained(out, selected_adapters=[STUDENT_ADAPTER], state_dict=state_dict)
         kind = "lora"
         dtype = next(p.dtype for n, p in model.named_parameters() if "lora_" not in n)
     else:
-        model.save_pretrained(out)
+        model.save_pretrained(out, state_dict=state_dict)
         kind = "full"
     meta = {"kind": kind, "base": base or getattr(config, "_name_or_path", None), "step": step,
             "dtype": str(dtype).removeprefix("torch.")}

@@ -104,6 +104,12 @@ class TeacherWeights:
         if any(t.dtype != torch.float32 for t in self._teacher):
             self._master = [t.detach().float().clone() for t in self._teacher]
 
+    @property
+    def separate_model(self) -> nn.Module | None:
+        """The module teacher forwards run when it is not the student (the frozen or EMA copy under
+        full fine-tuning), else None."""
+        return self._copy
+
     # -------------------------------------------------------------------------------------
     @contextmanager
     def activated(self, model: nn.Module) -> Iterator[nn.Module]:

@@ -9,7 +9,9 @@ previous checkpoint or the new one, never a half one; a folder without its `COMP
 ignored. Only the last `keep` checkpoints are kept.
 
 This module does not decide *when* to save (the loop does) and does not know the model type:
-weights go through `unisd.models.save_weights/load_weights`.
+weights go through `unisd.models.save_weights/load_weights`. Under FSDP (`training.fsdp`) rank 0
+writes full tensors gathered from every rank, in the same files; such a checkpoint resumes only
+under FSDP, since its optimizer state is keyed by parameter name.
 """
 
 from __future__ import annotations
@@ -62,11 +64,12 @@ def rank_rng_state(rng: torch.Generator | None) -> dict[str, Any]:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, scheduler, teacher, state: dict[str, Any],
-                    rng: torch.Generator | None, keep: int, rank_rngs: list[dict[str, Any]] | None = None
-                    ) -> Path:
+                    rng: torch.Generator | None, keep: int, rank_rngs: list[dict[str, Any]] | None = None,
+                    sharded_state: tuple[dict, dict] | None = None) -> Path:
     """Write checkpoint `step` atomically and prune old ones. `state` is JSON-serialisable loop
     state (data order, position, counters); `rng` is the sampling generator. Under data
-    parallelism rank 0 calls this with `rank_rngs`, every rank's `rank_rng_state` in rank order."""
+    parallelism rank 0 calls this with `rank_rngs`, every rank's `rank_rng_state` in rank order,
+    and under FSDP with `sharded_state`, the full (weights, optimizer state) of `fsdp.full_state`."""
     from unisd.models import save_weights
 
     root = Path(run_dir) / "checkpoints"
@@ -76,10 +79,12 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, schedul
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_weights(model, tmp / "weights")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    weights, optimizer_state = sharded_state or (None, optimizer.state_dict())
+    save_weights(model, tmp / "weights", state_dict=weights)
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                 "teacher": teacher.state_dict() if teacher is not None else None,
-                **rank_rng_state(rng), "ranks": rank_rngs}, tmp / "trainer_state.pt")
+                **rank_rng_state(rng), "ranks": rank_rngs, "sharded": sharded_state is not None},
+               tmp / "trainer_state.pt")
     (tmp / "loop_state.json").write_text(json.dumps(state))
     (tmp / MARKER).write_text(str(step))
     _fsync_dir(tmp)
@@ -95,10 +100,12 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, optimizer, schedul
 
 
 def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, teacher,
-                    rng: torch.Generator | None, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+                    rng: torch.Generator | None, rank: int = 0, world_size: int = 1,
+                    sharded: bool = False) -> dict[str, Any]:
     """Restore everything saved by `save_checkpoint`; returns the loop state. Under data
     parallelism each rank restores its own random streams, so the checkpoint must come from a run
-    with the same number of processes."""
+    with the same number of processes. `sharded` (FSDP): the weights are not loaded here (the loop
+    loads them into the whole model before sharding it) and the optimizer state is the full one."""
     from unisd.models import load_weights
 
     path = Path(path)
@@ -112,8 +119,20 @@ def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, teacher,
         raise ConfigError(f"{path} was written by a run of {len(ranks)} process(es); resume it with the same "
                           f"number (torchrun --nproc_per_node {len(ranks)}), not {world_size}, so that every "
                           "random stream continues where it stopped")
-    load_weights(model, path / "weights")
-    optimizer.load_state_dict(blob["optimizer"])
+    if bool(blob.get("sharded")) != sharded:
+        from unisd.config.schema import ConfigError
+
+        strategy = {True: "fsdp", False: "replicate"}
+        raise ConfigError(f"{path} was written under distributed.strategy={strategy[not sharded]!r}; resume it "
+                          f"with the same strategy, not {strategy[sharded]!r} (the optimizer state is stored "
+                          "differently)")
+    if sharded:
+        from unisd.training import fsdp
+
+        fsdp.load_optimizer_state(model, optimizer, blob["optimizer"])
+    else:
+        load_weights(model, path / "weights")
+        optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     if teacher is not None and blob["teacher"] is not None:
         teacher.load_state_dict(blob["teacher"])

@@ -10,8 +10,10 @@ so every rank clips and steps on identical gradients and the replicas stay ident
 Why not torch DDP: the student forward calls the decoder and the LM head directly
 (`unisd.scoring.completion_outputs`), not the wrapped module's forward, where DDP prepares its
 gradient reducer. An explicit all-reduce after accumulation is also what gradient accumulation
-wants anyway (one sync per step, not one per micro-batch). Not covered here: sharded weights
-(FSDP), several nodes (it would work through torchrun, untested), the vLLM backend (refused).
+wants anyway (one sync per step, not one per micro-batch). Not covered here: several nodes (it
+would work through torchrun, untested), the vLLM backend (refused). Sharded weights are
+`distributed.strategy="fsdp"` (`training.fsdp`), which reuses this module for the tensors it
+keeps whole (embedding, final norm, LM head) and for every collective outside the model.
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ def check_replicas_equal(named_params: list[tuple[str, torch.Tensor]], what: str
 
     Compares a per-tensor float64 checksum (sum and sum of squares) bit for bit: cheap, and
     identical replicas give identical sums because each rank runs the same kernels on the same data."""
-    if not _active():
+    if not _active() or not named_params:  # none: e.g. a LoRA adapter that FSDP shards whole
         return
     with torch.no_grad():
         local = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])

@@ -18,6 +18,7 @@ what the config fields say.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -32,7 +33,7 @@ from unisd.config.io import dump_config
 from unisd.config.schema import RunConfig
 from unisd.errors import ResourceError, TrainingStopped
 from unisd.training import checkpoint as ckpt
-from unisd.training import distributed, evals
+from unisd.training import distributed, evals, fsdp
 from unisd.training.collapse import CollapseWatch
 from unisd.training.evals import task_options
 from unisd.training.data import prepare_rows
@@ -95,7 +96,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     from unisd.evaluation.resources import ResourceMeter
     from unisd.evaluation.runner import eos_ids
     from unisd.generation import get_generator
-    from unisd.models import TeacherWeights, apply_lora, load_model_and_tokenizer
+    from unisd.models import TeacherWeights, apply_lora, load_model_and_tokenizer, load_weights
     from unisd.tasks import get_task
 
     # Under torchrun every rank runs this function on its own slice of each batch; rank 0 alone
@@ -150,11 +151,18 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     model.train()
     needs_teacher = cfg.objective.loss == "distill"
     teacher = TeacherWeights.from_config(model, cfg.teacher, cfg.model.finetune) if needs_teacher else None
+    resume_from = ckpt.latest_checkpoint(run_dir) if resume_dir else None
+    sharded = dp.enabled and cfg.distributed.strategy == "fsdp"  # `fsdp` says what is sharded and how
+    if sharded:
+        if resume_from is not None:  # into the whole model: sharding splits what is loaded
+            load_weights(model, resume_from / "weights")
+        fsdp.shard(model, teacher.separate_model if teacher is not None else None)
     named_params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named_params]
+    replicas = fsdp.replicated(named_params)  # every rank's whole copies (all of them unless sharded)
     # Replicas start identical (same files, seeded LoRA init); checked, since the gradient sum
     # keeps them identical only if they are.
-    distributed.check_replicas_equal(named_params, "initial trainable weights")
+    distributed.check_replicas_equal(replicas, "initial trainable weights")
     if dp.enabled:  # from here on each rank draws its own dropout masks, like its own samples
         torch.manual_seed(cfg.optim.seed + dp.rank)
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -165,10 +173,10 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     sampling_rng = torch.Generator(device=device).manual_seed(cfg.optim.seed + dp.rank)
 
     state = {"step": 0, "epoch": 0, "position": 0, "bad_in_a_row": 0, "skipped_steps": 0, "epochs_seen": 1}
-    if resume_dir and (last := ckpt.latest_checkpoint(run_dir)) is not None:
-        state = ckpt.load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler, teacher=teacher,
-                                     rng=sampling_rng, rank=dp.rank, world_size=dp.world_size)
-        console.print(f"resumed from {last} (step {state['step']})")
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler, teacher=teacher,
+                                     rng=sampling_rng, rank=dp.rank, world_size=dp.world_size, sharded=sharded)
+        console.print(f"resumed from {resume_from} (step {state['step']})")
     metrics_log = (MetricsLog(run_dir, cfg.output.loggers, truncate_after=state["step"]) if dp.is_main
                    else NullLog())
 
@@ -214,8 +222,9 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
 
             t0 = time.perf_counter()
             try:
-                rolled, roll_counts = rollout(model, batch_rows, cfg, generator, stops=stops, pad_id=pad_id,
-                                              step=step, sampling_rng=sampling_rng, positions=positions)
+                with fsdp.full_weights(model):  # sampling needs whole weights (no-op unless sharded)
+                    rolled, roll_counts = rollout(model, batch_rows, cfg, generator, stops=stops, pad_id=pad_id,
+                                                  step=step, sampling_rng=sampling_rng, positions=positions)
             except torch.OutOfMemoryError as err:
                 metrics_log.close()
                 raise ResourceError(oom_message(cfg, "rollout", step + 1)) from err
@@ -231,11 +240,14 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             student_tokens = student_scored = 0  # token counts of the student forwards (for MFU)
             t1 = time.perf_counter()
             mb = cfg.optim.micro_batch_size
+            parts = [rolled.select(list(range(lo, min(lo + mb, len(rolled))))) for lo in range(0, len(rolled), mb)]
+            # A micro-batch without loss tokens is skipped; sharded, only where no rank has any, since
+            # each forward and backward is then a collective (a rank without tokens adds zeros).
+            counts = torch.tensor([count_loss_tokens(part) for part in parts])
+            parts = [part for part, n in zip(parts, distributed.all_reduce_sum(counts) if sharded else counts) if n]
             try:
-                for lo in range(0, len(rolled), mb):
-                    part = rolled.select(list(range(lo, min(lo + mb, len(rolled)))))
-                    if count_loss_tokens(part) == 0:
-                        continue
+                for i, part in enumerate(parts):
+                    fsdp.set_gradient_sync(model, i == len(parts) - 1)  # reduce-scatter once per step
                     loss, m = micro_batch_loss(model, part, ctx)
                     loss.backward()
                     student_tokens += sum(map(len, part.student_prompts)) + sum(map(len, part.completions))
@@ -251,7 +263,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             # ---- sum gradients and metric sums over ranks (no-ops in a single process) ----
             t2 = time.perf_counter()
             if n_tokens:  # with no loss token anywhere every rank has no gradient: nothing to sum
-                distributed.sync_gradients(params)
+                distributed.sync_gradients(p for _, p in replicas)
             counters = {"student_tokens": student_tokens, "student_scored": student_scored,
                         "teacher_tokens": teacher_meter["tokens"], "teacher_scored": teacher_meter["scored"]}
             sums, roll_counts, counters = distributed.sum_over_ranks(sums, roll_counts, counters)
@@ -260,7 +272,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
 
             # ---- guarded optimizer step (identical on every rank: same gradients, same sums) ----
             t2 = time.perf_counter()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
+            grad_norm = fsdp.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
             loss_value = sums.get("loss/total_sum", sums.get("loss/nll_sum", 0.0)) / max(n_tokens, 1)
             finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
             if finite:
@@ -309,26 +321,29 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
                     + (f"The last good checkpoint is {last}. " if last else "No checkpoint was written yet. ")
                     + "Try a lower optim.lr or objective.temperature.")
             if dp.enabled and (state["step"] % distributed.CHECK_EVERY == 0 or state["step"] == total):
-                distributed.check_replicas_equal(named_params, f"after step {state['step']}")
+                distributed.check_replicas_equal(replicas, f"after step {state['step']}")
             if state["step"] % cfg.output.checkpoint_every == 0 or state["step"] == total:
                 # every rank's random streams, so that a resumed run samples what this one would have
                 rank_rngs = (distributed.all_gather_object(ckpt.rank_rng_state(sampling_rng)) if dp.enabled
                              else None)
+                full = fsdp.full_state(model, optimizer) if sharded else None  # gathered from every rank
                 if dp.is_main:
                     ckpt.save_checkpoint(run_dir, state["step"], model=model, optimizer=optimizer,
                                          scheduler=scheduler, teacher=teacher, state=state, rng=sampling_rng,
-                                         keep=cfg.output.keep_last, rank_rngs=rank_rngs)
+                                         keep=cfg.output.keep_last, rank_rngs=rank_rngs, sharded_state=full)
     metrics_log.close()
     if snapshot:  # open with https://pytorch.org/memory_viz or benchmarks/memory_peak.py
         torch.cuda.memory._dump_snapshot(snapshot)
         torch.cuda.memory._record_memory_history(enabled=None)
     if dp.enabled and os.environ.get("UNISD_DEBUG_RANK_DUMP"):  # tests: every rank's final weights
-        distributed.dump_rank_params(named_params, run_dir / "debug" / f"rank-{dp.rank}.pt")
+        distributed.dump_rank_params(replicas, run_dir / "debug" / f"rank-{dp.rank}.pt")
 
     afters: dict[str, dict] = {}
-    if dp.is_main and cfg.eval.after:
-        afters = evals.evaluate_after(targets, run_dir, evals.make_run_eval(
-            model, tokenizer, cfg, show_progress, retention_after=cfg.model.finetune == "lora"), console)
+    # sharded: every rank gathers the weights (a collective), rank 0 alone evaluates
+    with fsdp.full_weights(model) if cfg.eval.after else contextlib.nullcontext():
+        if dp.is_main and cfg.eval.after:
+            afters = evals.evaluate_after(targets, run_dir, evals.make_run_eval(
+                model, tokenizer, cfg, show_progress, retention_after=cfg.model.finetune == "lora"), console)
     after = afters.get(cfg.data.task)
     summary = {"recipe": cfg.recipe, "task": cfg.data.task, "model": cfg.model.name, "steps": state["step"],
                "skipped_steps": state["skipped_steps"], "data": report.as_dict(),
