@@ -206,7 +206,8 @@ def test_reporting_reads_files_only():
     code = ("import sys, unisd.reporting.report; "
             "print(sorted(m for m in sys.modules if m.startswith('unisd')), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == ("['unisd', 'unisd.evaluation', 'unisd.evaluation.stats', 'unisd.reporting', "
+    assert out.strip() == ("['unisd', 'unisd.evaluation', 'unisd.evaluation.collapse', 'unisd.evaluation.stats', "
+                           "'unisd.reporting', "
                            "'unisd.reporting.report', 'unisd.reporting.tables'] False")
 
 

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from unisd.evaluation.collapse import RULE
 from unisd.reporting import tables as T
 
 CSV_COLUMNS = ("task", "model", "method", "n_seeds", "seeds", "n", "accuracy", "ci_lo", "ci_hi", "seed_sd",
@@ -149,10 +150,10 @@ def render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cos
          _num(r["eval_energy_j"], ".0f")] for r in cost]))
 
     parts.append(f"## Collapse watch\n\nSampled completion length (tokens) and share of repeated "
-                 f"4-grams, mean of the first and of the last {T.WINDOW} steps with on-policy samples. "
-                 f"Flagged when the length ends below {T.LENGTH_DROP:.0%} of its start, the entropy below "
-                 f"{T.ENTROPY_DROP:.0%} of its start, or repetition ends above {T.REPETITION_MAX} after "
-                 f"rising by at least {T.REPETITION_RISE}.\n")
+                 f"4-grams, mean of the first and of the last {RULE.window} steps with on-policy samples. "
+                 f"Flagged when the length ends below {RULE.length_drop:.0%} of its start, the entropy below "
+                 f"{RULE.entropy_drop:.0%} of its start, or repetition ends above {RULE.repetition_max} after "
+                 f"rising by at least {RULE.repetition_rise} (the rule the training loop warns by).\n")
     parts.append("Student entropy: mean entropy (nats) of the student's distribution on the tokens it "
                  "learns from; `steps warned`: steps the training loop flagged live (collapse/flags in "
                  "metrics.jsonl).\n")

@@ -29,20 +29,10 @@ from typing import Any, Iterable
 import numpy as np
 import yaml
 
+from unisd.evaluation.collapse import RULE
 from unisd.evaluation.stats import mean_ci, paired_bootstrap
 
 BASE = "base"
-WINDOW = 5
-"""Steps averaged at the start and at the end of training for the collapse watch."""
-LENGTH_DROP = 0.5
-"""Flag when the last-window mean completion length is below this share of the first window's."""
-REPETITION_MAX = 0.3
-"""Flag when the last-window mean share of repeated 4-grams is above this and ..."""
-REPETITION_RISE = 0.1
-"""... at least this much above the first window's (JSON tool calls start above 0.3)."""
-ENTROPY_DROP = 0.3
-"""Flag when the last-window mean student entropy is below this share of the first window's
-(the same thresholds as the training loop's live `unisd.training.collapse.CollapseWatch`)."""
 
 
 @dataclass
@@ -363,11 +353,12 @@ def cost_rows(runs: list[Run]) -> list[dict[str, Any]]:
 def _window_means(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
-    return float(np.mean(values[:WINDOW])), float(np.mean(values[-WINDOW:]))
+    return float(np.mean(values[:RULE.window])), float(np.mean(values[-RULE.window:]))
 
 
 def collapse_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """Completion length and repetition of the sampled rollouts, first vs last `WINDOW` steps.
+    """Completion length, repetition and student entropy of the sampled rollouts, first vs last
+    `RULE.window` steps, flagged by the same rule as the training loop's live watch.
     Steps without on-policy samples (SFT, GKD's gold half of a batch decided per row) are left
     out: their completion length is 0 by construction, not a collapse."""
     rows = []
@@ -380,12 +371,12 @@ def collapse_rows(runs: list[Run]) -> list[dict[str, Any]]:
         ent_first, ent_last = _window_means([r["student/entropy"] for r in sampled
                                              if r.get("student/entropy") is not None])
         flags = []
-        if len_first is not None and len_last < LENGTH_DROP * len_first:
-            flags.append(f"length < {LENGTH_DROP:.0%} of start")
-        if rep_last is not None and rep_last > REPETITION_MAX and rep_last - rep_first >= REPETITION_RISE:
-            flags.append(f"repetition > {REPETITION_MAX}, up {rep_last - rep_first:.2f}")
-        if ent_first and ent_last is not None and ent_last < ENTROPY_DROP * ent_first:
-            flags.append(f"entropy < {ENTROPY_DROP:.0%} of start")
+        if RULE.collapsed("length", len_first, len_last):
+            flags.append(f"length < {RULE.length_drop:.0%} of start")
+        if RULE.collapsed("repetition", rep_first, rep_last):
+            flags.append(f"repetition > {RULE.repetition_max}, up {rep_last - rep_first:.2f}")
+        if RULE.collapsed("entropy", ent_first, ent_last):
+            flags.append(f"entropy < {RULE.entropy_drop:.0%} of start")
         rows.append({**_run_keys(run), "sampled_steps": len(sampled), "len_first": len_first,
                      "len_last": len_last, "rep_first": rep_first, "rep_last": rep_last,
                      "ent_first": ent_first, "ent_last": ent_last,

@@ -4,7 +4,8 @@ Self-distillation from a teacher that sees the solution can teach the student to
 reasoning: completions get short (TRL's SDFT trainer took Qwen2.5-Coder-0.5B on GSM8K from about
 14 to about 5 tokens in two steps), repeat themselves, or the student's entropy on its own tokens
 falls towards zero. `CollapseWatch.update(record)` takes a step's metrics record, compares it with
-the mean of the first `window` steps that sampled on-policy, and returns the warnings that are new
+the mean of the first `window` steps that sampled on-policy (`unisd.evaluation.collapse.RULE`, the
+rule `unisd report` also applies), and returns the warnings that are new
 (each kind is reported once per run; the record gets "collapse/flags" on every flagged step).
 It only reads metrics; it never stops a run.
 """
@@ -15,30 +16,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from unisd.evaluation.collapse import KINDS, RULE, CollapseRule
+
 
 @dataclass
 class CollapseWatch:
-    window: int = 5
-    """On-policy steps that form the reference (and the recent average compared with it)."""
-    length_drop: float = 0.5
-    """Flag when the recent mean completion length falls below this share of the reference."""
-    entropy_drop: float = 0.3
-    """Flag when the recent mean student entropy falls below this share of the reference."""
-    repetition_max: float = 0.3
-    """Flag when the recent mean share of repeated 4-grams exceeds this ...
-    (structured outputs such as ToolAlpaca's JSON calls start above 0.3 and stay there)"""
-    repetition_rise: float = 0.1
-    """... and exceeds the reference mean by at least this much."""
-    history: dict[str, list[float]] = field(default_factory=lambda: {"len": [], "ent": [], "rep": []})
+    rule: CollapseRule = RULE
+    """Thresholds and window (`unisd.evaluation.collapse`, shared with `unisd report`)."""
+    history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
     warned: set[str] = field(default_factory=set)
 
     def update(self, record: dict) -> list[str]:
         if record.get("rollout/on_policy_rows", 0) <= 0:  # SFT or a gold-only GKD step: nothing sampled
             return []
-        for key, name in (("len", "rollout/completion_len"), ("ent", "student/entropy"),
-                          ("rep", "rollout/repetition")):
+        for kind, name in (("length", "rollout/completion_len"), ("entropy", "student/entropy"),
+                           ("repetition", "rollout/repetition")):
             if record.get(name) is not None:
-                self.history[key].append(float(record[name]))
+                self.history[kind].append(float(record[name]))
         flags = self.flags()
         if flags:
             record["collapse/flags"] = "; ".join(flags)
@@ -47,19 +41,22 @@ class CollapseWatch:
         return new
 
     def flags(self) -> list[str]:
+        """One message per collapsed kind, once a full window follows the reference window."""
+        r, w = self.rule, self.rule.window
         out = []
-        for key, label, drop in (("len", "completion length", self.length_drop),
-                                 ("ent", "student entropy", self.entropy_drop)):
-            values = self.history[key]
-            if len(values) >= 2 * self.window:
-                ref, now = np.mean(values[:self.window]), np.mean(values[-self.window:])
-                if ref > 0 and now < drop * ref:
-                    out.append(f"{label}: {now:.3g} over the last {self.window} steps, "
-                               f"below {drop:.0%} of the first {self.window} steps' {ref:.3g}")
-        rep = self.history["rep"]
-        if len(rep) >= 2 * self.window:
-            ref, now = np.mean(rep[:self.window]), np.mean(rep[-self.window:])
-            if now > self.repetition_max and now - ref >= self.repetition_rise:
-                out.append(f"repetition: {now:.2f} of 4-grams repeated over the last {self.window} steps "
-                           f"(above {self.repetition_max}, up from {ref:.2f})")
+        for kind, label in (("length", "completion length"), ("entropy", "student entropy"),
+                            ("repetition", "repetition")):
+            values = self.history[kind]
+            if len(values) < 2 * w:
+                continue
+            ref, now = float(np.mean(values[:w])), float(np.mean(values[-w:]))
+            if not r.collapsed(kind, ref, now):
+                continue
+            if kind == "repetition":
+                out.append(f"repetition: {now:.2f} of 4-grams repeated over the last {w} steps "
+                           f"(above {r.repetition_max}, up from {ref:.2f})")
+            else:
+                drop = r.length_drop if kind == "length" else r.entropy_drop
+                out.append(f"{label}: {now:.3g} over the last {w} steps, "
+                           f"below {drop:.0%} of the first {w} steps' {ref:.3g}")
         return out
