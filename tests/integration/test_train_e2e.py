@@ -31,6 +31,7 @@ def test_train_checkpoint_eval_files(tiny_model_dir, tmp_path):
     for r in lines:
         assert r["finite"] and r["tokens"] > 0 and r["loss"] >= 0
         assert {"time/generate_s", "rollout/completion_len", "grad_norm", "lr"} <= set(r)
+        assert 0.0 <= r["rollout/sample_accuracy"] <= r["rollout/answered_rate"] <= 1.0  # samples scored
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["step-000002", "step-000003"]
     after = json.loads((run / "eval" / "after.json").read_text())

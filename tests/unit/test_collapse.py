@@ -56,3 +56,28 @@ def test_rule_by_hand():
     assert not rule.collapsed("length", None, 1.0)
     with pytest.raises(ValueError, match="unknown collapse kind"):
         rule.collapsed("speed", 1.0, 1.0)
+
+
+def test_answer_rate_collapse_and_what_feeds_it():
+    from unisd.models.tiny import tiny_tokenizer
+    from unisd.tasks import get_task
+    from unisd.tasks.base import Example
+    from unisd.training.rollout import rollout_stats, sample_scorer
+
+    watch = CollapseWatch(CollapseRule(window=2))
+    out = [watch.update({**rec(10.0), "rollout/answered_rate": a}) for a in (0.8, 0.8, 0.3, 0.3)]
+    assert out[:3] == [[], [], []] and out[3][0].startswith("answer rate: 0.3 over the last 2 steps")
+    stats = rollout_stats({"on_policy_rows": 4.0, "completion_tokens": 40.0, "truncated_rows": 0.0,
+                           "repeated_4grams": 0.0, "4grams": 10.0, "scored_rows": 4.0, "answered_rows": 3.0,
+                           "correct_rows": 1.0})
+    assert (stats["rollout/answered_rate"], stats["rollout/sample_accuracy"]) == (0.75, 0.25)
+    assert "rollout/answered_rate" not in rollout_stats({"on_policy_rows": 0.0, "completion_tokens": 0.0,
+                                                         "truncated_rows": 0.0, "repeated_4grams": 0.0,
+                                                         "4grams": 0.0})
+    tok = tiny_tokenizer()
+    gsm8k = get_task("gsm8k")
+    score = sample_scorer(gsm8k, tok)
+    example = Example(id="1", prompt="What is 2 + 3?", answer="5")
+    assert score(example, tok.encode("2 + 3 = 5\n#### 5")).correct == 1.0
+    assert score(example, tok.encode("I like the example.")).extracted is None
+    assert sample_scorer(get_task("mbpp"), tok) is None  # code is never run during training

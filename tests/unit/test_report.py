@@ -221,6 +221,14 @@ def test_entropy_collapse_is_flagged(tmp_path):
     assert row["collapse"] == "entropy < 30% of start"
 
 
+def test_answer_rate_collapse_is_flagged(tmp_path):
+    metrics = [{"step": i + 1, "tokens": 8, "rollout/on_policy_rows": 2.0, "rollout/completion_len": 20.0,
+                "rollout/repetition": 0.0, "rollout/answered_rate": a} for i, a in enumerate([0.9] * 5 + [0.2] * 5)]
+    make_run(tmp_path, "chatter", recipe="ema", metrics=metrics)
+    (row,) = T.collapse_rows(T.load_runs([tmp_path]))
+    assert (row["ans_first"], row["ans_last"]) == (0.9, 0.2) and row["collapse"] == "answer rate < 50% of start"
+
+
 def test_cost_sums_step_times_and_marks_resumed_runs_partial(tmp_path):
     metrics = [{"step": s, "tokens": 10, "time/generate_s": 1.0, "time/forward_backward_s": 0.5,
                 "time/optimizer_s": 0.25} for s in range(1, 5)]

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("length", "repetition", "entropy")
+KINDS = ("length", "repetition", "entropy", "answers")
 """What is watched: mean completion length, share of repeated 4-grams, the student's mean entropy
-on the tokens it learns from."""
+on the tokens it learns from, and the share of samples with an answer the task can read (not
+logged for code tasks): samples can stop answering at unchanged length, entropy and repetition.
+It does not see every content failure: the CPU ablation's EMA run (docs/results.md) answered in the
+task's format as rarely at its start (~0.2) as at its end (~0.3), and collapsed only in what greedy
+decoding said after training."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ class CollapseRule:
     """Repetition collapses when its end mean exceeds this ..."""
     repetition_rise: float = 0.1
     """... and the reference by at least this much (JSON tool calls start above 0.3 and stay)."""
+    answers_drop: float = 0.5
+    """The answer rate collapses when its end mean falls below this share of the reference."""
 
     def collapsed(self, kind: str, first: float | None, last: float | None) -> bool:
         """Does `kind` (one of `KINDS`) count as collapsed, going from mean `first` to mean `last`?"""
@@ -36,6 +42,8 @@ class CollapseRule:
             return first > 0 and last < self.length_drop * first
         if kind == "entropy":
             return first > 0 and last < self.entropy_drop * first
+        if kind == "answers":
+            return first > 0 and last < self.answers_drop * first
         if kind == "repetition":
             return last > self.repetition_max and last - first >= self.repetition_rise
         raise ValueError(f"unknown collapse kind {kind!r}; one of {KINDS}")

@@ -152,17 +152,20 @@ def render_markdown(runs, paths, focus, acc, duplicates, paired, notes, ret, cos
     parts.append(f"## Collapse watch\n\nSampled completion length (tokens) and share of repeated "
                  f"4-grams, mean of the first and of the last {RULE.window} steps with on-policy samples. "
                  f"Flagged when the length ends below {RULE.length_drop:.0%} of its start, the entropy below "
-                 f"{RULE.entropy_drop:.0%} of its start, or repetition ends above {RULE.repetition_max} after "
-                 f"rising by at least {RULE.repetition_rise} (the rule the training loop warns by).\n")
+                 f"{RULE.entropy_drop:.0%} of its start, repetition ends above {RULE.repetition_max} after "
+                 f"rising by at least {RULE.repetition_rise}, or the answer rate ends below "
+                 f"{RULE.answers_drop:.0%} of its start (the rule the training loop warns by).\n")
     parts.append("Student entropy: mean entropy (nats) of the student's distribution on the tokens it "
-                 "learns from; `steps warned`: steps the training loop flagged live (collapse/flags in "
-                 "metrics.jsonl).\n")
+                 "learns from; answers: share of the samples with an answer the task can read (n/a for code "
+                 "tasks and runs from before it was logged); `steps warned`: steps the training loop flagged "
+                 "live (collapse/flags in metrics.jsonl).\n")
     parts.append(_table(["run", "method", "task", "model", "seed", "accuracy", "length first",
                          "length last", "entropy first", "entropy last", "repetition first", "repetition last",
-                         "steps warned", "flag"], [
+                         "answers first", "answers last", "steps warned", "flag"], [
         [r["run"], r["method"], r["task"], r["model"], r["seed"], _pct(r["accuracy"]),
          _num(r["len_first"], ".1f"), _num(r["len_last"], ".1f"), _num(r["ent_first"]), _num(r["ent_last"]),
-         _num(r["rep_first"]), _num(r["rep_last"]), r["warned"],
+         _num(r["rep_first"]), _num(r["rep_last"]), _num(r["ans_first"], ".2f"), _num(r["ans_last"], ".2f"),
+         r["warned"],
          f"**{r['collapse']}**" if r["collapse"] else ("no samples" if not r["sampled_steps"] else "ok")]
         for r in collapse]))
 

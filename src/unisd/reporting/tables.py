@@ -370,6 +370,8 @@ def collapse_rows(runs: list[Run]) -> list[dict[str, Any]]:
                                              if r.get("rollout/repetition") is not None])
         ent_first, ent_last = _window_means([r["student/entropy"] for r in sampled
                                              if r.get("student/entropy") is not None])
+        ans_first, ans_last = _window_means([r["rollout/answered_rate"] for r in sampled
+                                             if r.get("rollout/answered_rate") is not None])
         flags = []
         if RULE.collapsed("length", len_first, len_last):
             flags.append(f"length < {RULE.length_drop:.0%} of start")
@@ -377,9 +379,11 @@ def collapse_rows(runs: list[Run]) -> list[dict[str, Any]]:
             flags.append(f"repetition > {RULE.repetition_max}, up {rep_last - rep_first:.2f}")
         if RULE.collapsed("entropy", ent_first, ent_last):
             flags.append(f"entropy < {RULE.entropy_drop:.0%} of start")
+        if RULE.collapsed("answers", ans_first, ans_last):
+            flags.append(f"answer rate < {RULE.answers_drop:.0%} of start")
         rows.append({**_run_keys(run), "sampled_steps": len(sampled), "len_first": len_first,
                      "len_last": len_last, "rep_first": rep_first, "rep_last": rep_last,
-                     "ent_first": ent_first, "ent_last": ent_last,
+                     "ent_first": ent_first, "ent_last": ent_last, "ans_first": ans_first, "ans_last": ans_last,
                      "warned": sum(1 for r in sampled if r.get("collapse/flags")),
                      "collapse": "; ".join(flags)})
     return rows

@@ -2,8 +2,8 @@
 
 Self-distillation from a teacher that sees the solution can teach the student to skip its
 reasoning: completions get short (TRL's SDFT trainer took Qwen2.5-Coder-0.5B on GSM8K from about
-14 to about 5 tokens in two steps), repeat themselves, or the student's entropy on its own tokens
-falls towards zero. `CollapseWatch.update(record)` takes a step's metrics record, compares it with
+14 to about 5 tokens in two steps), repeat themselves, the student's entropy on its own tokens
+falls towards zero, or the samples stop containing an answer the task can read. `CollapseWatch.update(record)` takes a step's metrics record, compares it with
 the mean of the first `window` steps that sampled on-policy (`unisd.evaluation.collapse.RULE`, the
 rule `unisd report` also applies), and returns the warnings that are new
 (each kind is reported once per run; the record gets "collapse/flags" on every flagged step).
@@ -30,7 +30,7 @@ class CollapseWatch:
         if record.get("rollout/on_policy_rows", 0) <= 0:  # SFT or a gold-only GKD step: nothing sampled
             return []
         for kind, name in (("length", "rollout/completion_len"), ("entropy", "student/entropy"),
-                           ("repetition", "rollout/repetition")):
+                           ("repetition", "rollout/repetition"), ("answers", "rollout/answered_rate")):
             if record.get(name) is not None:
                 self.history[kind].append(float(record[name]))
         flags = self.flags()
@@ -45,7 +45,7 @@ class CollapseWatch:
         r, w = self.rule, self.rule.window
         out = []
         for kind, label in (("length", "completion length"), ("entropy", "student entropy"),
-                            ("repetition", "repetition")):
+                            ("repetition", "repetition"), ("answers", "answer rate")):
             values = self.history[kind]
             if len(values) < 2 * w:
                 continue
@@ -56,7 +56,7 @@ class CollapseWatch:
                 out.append(f"repetition: {now:.2f} of 4-grams repeated over the last {w} steps "
                            f"(above {r.repetition_max}, up from {ref:.2f})")
             else:
-                drop = r.length_drop if kind == "length" else r.entropy_drop
+                drop = {"length": r.length_drop, "entropy": r.entropy_drop, "answers": r.answers_drop}[kind]
                 out.append(f"{label}: {now:.3g} over the last {w} steps, "
                            f"below {drop:.0%} of the first {w} steps' {ref:.3g}")
         return out

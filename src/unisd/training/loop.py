@@ -37,7 +37,7 @@ from unisd.training import distributed, evals, fsdp
 from unisd.training.collapse import CollapseWatch
 from unisd.training.evals import task_options
 from unisd.training.data import prepare_rows
-from unisd.training.rollout import build_contexts, rollout, rollout_stats, text_generator
+from unisd.training.rollout import build_contexts, rollout, rollout_stats, sample_scorer, text_generator
 from unisd.training.runlog import MetricsLog, NullLog, fingerprint, make_run_dir, peak_memory_gb, write_json
 from unisd.training.scoring import completion_outputs
 from unisd.training.step import StepContext, count_loss_tokens, micro_batch_loss
@@ -199,6 +199,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     snapshot = os.environ.get("UNISD_CUDA_MEMORY_SNAPSHOT") if device.type == "cuda" else None
     if snapshot:  # profiling aid: every CUDA allocation of the training phase, with its stack
         torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    score_samples = sample_scorer(task, tokenizer)  # answer rate, sample accuracy (not for code tasks)
     watch = CollapseWatch()  # completion length, student entropy, repetition (reference restarts on resume)
     progress = _step_progress(show_progress, total, state["step"])
     # GPU energy (NVML counter), time, tokens and peak memory of the training phase, measured
@@ -224,7 +225,8 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             try:
                 with fsdp.full_weights(model):  # sampling needs whole weights (no-op unless sharded)
                     rolled, roll_counts = rollout(model, batch_rows, cfg, generator, stops=stops, pad_id=pad_id,
-                                                  step=step, sampling_rng=sampling_rng, positions=positions)
+                                                  step=step, sampling_rng=sampling_rng, positions=positions,
+                                                  score=score_samples)
             except torch.OutOfMemoryError as err:
                 metrics_log.close()
                 raise ResourceError(oom_message(cfg, "rollout", step + 1)) from err

@@ -12,11 +12,12 @@ It does not compute losses (`step.py`) or drive the loop (`loop.py`).
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from unisd.config.schema import RunConfig
+from unisd.tasks.base import Example, Score
 from unisd.training.data import NEGATIVE_KIND, PreparedRow
 from unisd.training.step import RolloutRows
 
@@ -69,12 +70,14 @@ def build_contexts(cfg: RunConfig, examples, generate, model_key: str, console) 
 
 
 def rollout(model, rows: list[PreparedRow], cfg: RunConfig, generator, *, stops, pad_id, step: int,
-            sampling_rng: torch.Generator | None, positions: list[int] | None = None
+            sampling_rng: torch.Generator | None, positions: list[int] | None = None,
+            score: Callable[[Example, list[int]], Score] | None = None
             ) -> tuple[RolloutRows, dict[str, float]]:
     """Completions for (this rank's share of) one optimizer batch: student samples, gold, or a
     seeded mix (GKD). `positions` are the rows' places in the global batch (default 0, 1, ...), so
-    the GKD coin of a row does not depend on how the batch is split across ranks. Returns the rows
-    and additive counts for `rollout_stats`."""
+    the GKD coin of a row does not depend on how the batch is split across ranks. `score` (see
+    `sample_scorer`) also scores the samples, for the answer rate and sample accuracy. Returns the
+    rows and additive counts for `rollout_stats`."""
     from unisd.generation.base import SamplingParams
 
     src = cfg.rollout.source
@@ -102,6 +105,11 @@ def rollout(model, rows: list[PreparedRow], cfg: RunConfig, generator, *, stops,
               "completion_tokens": float(sum(len(completions[i]) for i in sample_idx)),
               "truncated_rows": float(sum(truncated[i] for i in sample_idx)),
               "repeated_4grams": float(repeated), "4grams": float(grams)}
+    if score is not None:
+        verdicts = [score(rows[i].example, completions[i]) for i in sample_idx]
+        counts.update(scored_rows=float(len(verdicts)),
+                      answered_rows=float(sum(v.extracted is not None for v in verdicts)),
+                      correct_rows=float(sum(v.correct for v in verdicts)))
     return RolloutRows(ids=[r.example.id for r in rows], student_prompts=[r.student for r in rows],
                        completions=completions, teacher_prompts=[r.teacher for r in rows],
                        aux_prompts=[r.aux for r in rows] if rows and rows[0].aux is not None else None,
@@ -111,12 +119,30 @@ def rollout(model, rows: list[PreparedRow], cfg: RunConfig, generator, *, stops,
 
 def rollout_stats(counts: dict[str, float]) -> dict[str, float]:
     """The logged rollout metrics from `rollout`'s counts (summed over ranks first): mean sampled
-    length, truncation rate, and the share of repeated 4-grams (1.0 = pure loops; a collapse signal)."""
+    length, truncation rate, the share of repeated 4-grams (1.0 = pure loops; a collapse signal),
+    and where the samples were scored the share with an answer the task can read and the share
+    right (the student's accuracy on its own training samples)."""
     n = counts["on_policy_rows"]
-    return {"rollout/on_policy_rows": n,
-            "rollout/completion_len": counts["completion_tokens"] / n if n else 0.0,
-            "rollout/truncated_rate": counts["truncated_rows"] / n if n else 0.0,
-            "rollout/repetition": counts["repeated_4grams"] / counts["4grams"] if counts["4grams"] else 0.0}
+    stats = {"rollout/on_policy_rows": n,
+             "rollout/completion_len": counts["completion_tokens"] / n if n else 0.0,
+             "rollout/truncated_rate": counts["truncated_rows"] / n if n else 0.0,
+             "rollout/repetition": counts["repeated_4grams"] / counts["4grams"] if counts["4grams"] else 0.0}
+    if counts.get("scored_rows"):
+        stats["rollout/answered_rate"] = counts["answered_rows"] / counts["scored_rows"]
+        stats["rollout/sample_accuracy"] = counts["correct_rows"] / counts["scored_rows"]
+    return stats
+
+
+def sample_scorer(task, tokenizer) -> Callable[[Example, list[int]], Score] | None:
+    """`task.score` on decoded completion ids, for tasks that score by reading the answer; None for
+    code tasks (they score by running the code, which training never does)."""
+    if hasattr(task, "execute"):
+        return None
+
+    def score(example: Example, ids: list[int]) -> Score:
+        return task.score(example, tokenizer.decode(ids, skip_special_tokens=True))
+
+    return score
 
 
 def _repeated_4grams(completions, idx) -> tuple[int, int]:
