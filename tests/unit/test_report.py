@@ -259,3 +259,18 @@ def test_paired_against_a_named_method_with_the_task_average(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Paired comparison: unisd_star vs sft" in md and "average (2 tasks)" in md
     assert {r["against"] for r in out["paired_against"]} == {"sft", "base"}
+
+
+def test_curves_show_sample_accuracy_only_when_logged(tmp_path):
+    from unisd.reporting import report as R
+
+    def width_px(png):  # the PNG header's width: 100 dpi x (3.6 in per panel + 1.6 in)
+        return int.from_bytes(png.read_bytes()[16:20], "big")
+
+    metrics = [{"step": i + 1, "loss": 0.5, "tokens": 8, "rollout/on_policy_rows": 2.0,
+                "rollout/completion_len": 20.0, "rollout/repetition": 0.0, "student/entropy": 1.0} for i in range(3)]
+    make_run(tmp_path / "old", "old", recipe="sdft", metrics=metrics)
+    make_run(tmp_path / "new", "new", recipe="sdft", metrics=[{**m, "rollout/sample_accuracy": 0.25} for m in metrics])
+    old = R.plot_curves(T.load_runs([tmp_path / "old"]), tmp_path / "old.png")
+    new = R.plot_curves(T.load_runs([tmp_path / "new"]), tmp_path / "new.png")
+    assert (width_px(old), width_px(new)) == (round(100 * (3.6 * 4 + 1.6)), round(100 * (3.6 * 5 + 1.6)))

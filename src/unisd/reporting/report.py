@@ -320,8 +320,10 @@ def plot_cost(cost: list[dict], path: Path) -> Path | None:
 
 
 CURVES = (("loss", "training loss", False), ("rollout/completion_len", "sampled completion length", True),
-          ("student/entropy", "student entropy (nats)", True), ("rollout/repetition", "repeated 4-grams", True))
-"""(metrics key, panel title, only steps with on-policy samples) for the training-curve panels."""
+          ("student/entropy", "student entropy (nats)", True), ("rollout/repetition", "repeated 4-grams", True),
+          ("rollout/sample_accuracy", "accuracy of the samples", True))
+"""(metrics key, panel title, only steps with on-policy samples) for the training-curve panels; a
+panel no run logged (sample accuracy before it existed, or code tasks only) is left out."""
 
 
 def _mean_curve(runs: list[T.Run], key: str, sampled_only: bool) -> tuple[list[int], list[float]]:
@@ -345,12 +347,13 @@ def plot_curves(runs: list[T.Run], path: Path) -> Path | None:
     for run in runs:
         groups.setdefault((run.task, run.model_label), []).append(run)
     several_models = len({m for _, m in groups}) > 1
-    fig, axes = plt.subplots(len(groups), len(CURVES), figsize=(3.6 * len(CURVES) + 1.6, 2.6 * len(groups)),
+    curves = [c for c in CURVES if any(c[0] in m for run in runs for m in run.metrics)]
+    fig, axes = plt.subplots(len(groups), len(curves), figsize=(3.6 * len(curves) + 1.6, 2.6 * len(groups)),
                              squeeze=False)
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(sorted({r.method for r in runs}))}
     for row, ((task, model), members) in enumerate(sorted(groups.items())):
         methods = sorted({r.method for r in members})
-        for col, (key, title, sampled_only) in enumerate(CURVES):
+        for col, (key, title, sampled_only) in enumerate(curves):
             ax = axes[row][col]
             for method in methods:
                 steps, values = _mean_curve([r for r in members if r.method == method], key, sampled_only)
