@@ -7,6 +7,7 @@ so these tests check its cache slots, position ids, masks, EOS handling and batc
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import pytest
 import torch
@@ -413,3 +414,16 @@ def test_patched_restores_modules_on_error(model):
         assert attn.q_proj is not original
         raise ValueError("boom")
     assert attn.q_proj is original and all(g.product is None for g in weights.groups)
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor on CPU needs a C++ compiler")
+def test_fused_decode_compiled_with_inductor_matches(lora_model, prompts):
+    # the real torch.compile (inductor, CPU) over the shims: the stashed q/k/v product is a traced
+    # side effect, so this is the path the CUDA graph captures on GPU
+    ref = naive_greedy(lora_model, prompts, 16, eos=[2])
+    torch._dynamo.reset()
+    gen = fast_gen(compile=True, fuse=True)
+    assert gen.generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == ref
+    assert gen.generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == ref
+    assert gen._compiled and len(gen._weights.groups) == 2 * 3
+    torch._dynamo.reset()
