@@ -22,7 +22,7 @@ model and turns fusion off, with a warning, when they differ.
 
 `refresh()` copies the current values in (same storage, so captured CUDA graphs stay valid): call it
 before each generation, after the optimizer changed the weights. It costs one pass over the
-projection weights, and the copies cost that much memory. Which adapters are live (enabled, not
+projection weights, and the copies of the base weights cost that much memory. Which adapters are live (enabled, not
 merged) is fixed when a `DecodeWeights` is built: rebuild it when the adapter state changes.
 
 Not fused (left as they are): projections that are neither `nn.Linear` nor peft LoRA layers over
@@ -149,13 +149,13 @@ def _group(parent: nn.Module, names: tuple[str, ...]) -> _Group | None:
         return None
     if len({(b.in_features, b.weight.dtype, b.weight.device) for b in bases}) != 1:
         return None
-    if len(names) == 1 and type(modules[0]) is nn.Linear:
-        return None  # a plain linear on its own gains nothing from a copy
+    adapters = [_live_adapters(m) for m in modules]
+    if len(names) == 1 and not adapters[0]:
+        return None  # a projection on its own without a live adapter gains nothing from a copy
     sizes = [b.out_features for b in bases]
     offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
     ref = bases[0].weight
     like = dict(dtype=ref.dtype, device=ref.device)
-    adapters = [_live_adapters(m) for m in modules]
     ranks = sum(m.lora_A[n].weight.shape[0] for m, names in zip(modules, adapters) for n in names)
     group = _Group(parent=parent, names=names, originals=modules, bounds=list(zip(offsets[:-1], offsets[1:])),
                    adapters=adapters, weight=torch.empty((offsets[-1], ref.shape[1]), **like),
@@ -168,7 +168,8 @@ def _group(parent: nn.Module, names: tuple[str, ...]) -> _Group | None:
 
 
 class DecodeWeights:
-    """Fused, LoRA-merged projection weights for one model (see the module docstring)."""
+    """Fused projection weights for one model, LoRA adapters batched beside them (see the module
+    docstring)."""
 
     def __init__(self, model: nn.Module):
         self.groups: list[_Group] = []
