@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,19 @@ def test_a_code_task_without_the_sandbox_opt_in_is_a_config_error_naming_the_fla
     with pytest.raises(ConfigError, match="'humaneval' is scored by running model-written code; pass --execute-code"):
         train(cfg, show_progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor on CPU needs a C++ compiler")
+def test_compiled_layers_train_like_eager(tiny_model_dir, tmp_path):
+    import torch
+
+    def losses(flag):
+        torch._dynamo.reset()
+        cfg = tiny_cfg(tiny_model_dir, tmp_path / flag, "sdft", "optim.steps=2", "eval.before=false",
+                       "eval.after=false", f"model.compile={flag}")
+        run = train(cfg, show_progress=False).run_dir
+        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    eager, compiled = losses("false"), losses("true")
+    assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-6)
+    torch._dynamo.reset()

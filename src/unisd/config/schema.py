@@ -50,6 +50,9 @@ class ModelConfig:
     """Module names to adapt; None picks the attention and MLP projections for the architecture."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more time)."""
+    compile: bool = False
+    """torch.compile each decoder layer for the training forward and backward (`unisd.models.compile`):
+    fused element-wise work, fewer saved tensors; the first steps pay the compilation."""
     attn_implementation: str | None = None
     """Passed to transformers ("sdpa", "eager", "flash_attention_2"); None lets it choose."""
 
@@ -444,6 +447,9 @@ class RunConfig:
                               "set teacher.context to 'demonstration' or 'answer'")
         if self.teacher.weights == "ema" and self.model.finetune not in ("lora", "full"):
             raise ConfigError("teacher.weights='ema' needs model.finetune 'lora' or 'full'")
+        if self.distributed.strategy == "fsdp" and self.model.compile:
+            raise ConfigError("model.compile with distributed.strategy='fsdp' is not supported (untested); "
+                              "set model.compile=false or distributed.strategy='replicate'")
         if self.distributed.strategy == "fsdp" and self.teacher.weights == "ema":
             # The EMA pairs each trained tensor with its average, by reference; sharding replaces
             # the module's parameters, so the pairs would point at tensors no longer trained.

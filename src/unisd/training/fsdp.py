@@ -41,6 +41,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
+from unisd.models.compile import decoder_layers
 from unisd.scoring import decoder_and_head
 from unisd.training import distributed
 
@@ -61,13 +62,11 @@ def shard(model: nn.Module, teacher_model: nn.Module | None = None) -> None:
 def _shard_layers(model: nn.Module, mesh) -> None:
     from unisd.config.schema import ConfigError
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, _ = decoder_and_head(model)
-    # transformers names its repeated block classes here (LlamaDecoderLayer, GPT2Block...)
-    block_names = set(getattr(base, "_no_split_modules", None) or ())
-    layers = [m for m in decoder.modules() if type(m).__name__ in block_names]
+    in_decoder = {id(m) for m in decoder.modules()}
+    layers = [m for m in decoder_layers(model) if id(m) in in_decoder]
     if not layers:
-        raise ConfigError(f"distributed.strategy='fsdp': found no decoder layers in {type(base).__name__} "
+        raise ConfigError(f"distributed.strategy='fsdp': found no decoder layers in {type(model).__name__} "
                           "to shard; use distributed.strategy='replicate'")
     for layer in layers:
         fully_shard(layer, mesh=mesh)

@@ -96,7 +96,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     from unisd.evaluation.resources import ResourceMeter
     from unisd.evaluation.runner import eos_ids
     from unisd.generation import get_generator
-    from unisd.models import TeacherWeights, apply_lora, load_model_and_tokenizer, load_weights
+    from unisd.models import CompiledLayers, TeacherWeights, apply_lora, load_model_and_tokenizer, load_weights
     from unisd.tasks import get_task
 
     # Under torchrun every rank runs this function on its own slice of each batch; rank 0 alone
@@ -148,6 +148,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     model = apply_lora(model, cfg.model) if cfg.model.finetune == "lora" else model
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    compiled = CompiledLayers(model) if cfg.model.compile else None  # used around each micro-batch
     model.train()
     needs_teacher = cfg.objective.loss == "distill"
     teacher = TeacherWeights.from_config(model, cfg.teacher, cfg.model.finetune) if needs_teacher else None
@@ -250,8 +251,9 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             try:
                 for i, part in enumerate(parts):
                     fsdp.set_gradient_sync(model, i == len(parts) - 1)  # reduce-scatter once per step
-                    loss, m = micro_batch_loss(model, part, ctx)
-                    loss.backward()
+                    with compiled.active() if compiled else contextlib.nullcontext():
+                        loss, m = micro_batch_loss(model, part, ctx)
+                        loss.backward()
                     student_tokens += sum(map(len, part.student_prompts)) + sum(map(len, part.completions))
                     student_scored += sum(len(c) for c in part.completions)
                     for key, value in m.items():
