@@ -192,3 +192,25 @@ def test_checkpoint_that_does_not_fit_the_model_is_a_one_line_error(tiny_model_d
     assert main(["eval", "--adapter", str(run), "--limit", "2", "--set", "model.lora_r=8"]) == 2
     err = capsys.readouterr().err
     assert "does not fit the model" in err and "Traceback" not in err
+
+
+def test_auto_micro_batch_halves_on_out_of_memory_and_trains_the_same(tiny_model_dir, tmp_path, monkeypatch):
+    real = step.completion_outputs
+
+    def small_only(model, view, **kwargs):  # a GPU that holds at most 2 rows per forward
+        if view.input_ids.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(model, view, **kwargs)
+
+    def losses(name, micro, sets=()):
+        cfg = load_config("sft", tiny_sets(tiny_model_dir, tmp_path / name, [f"optim.micro_batch_size={micro}",
+                                                                            "optim.batch_size=4", *sets]))
+        records = _metrics(train(cfg, show_progress=False).run_dir)
+        return [r["loss"] for r in records], [r["micro_batch_size"] for r in records]
+
+    reference, _ = losses("two", 2)
+    monkeypatch.setattr(step, "completion_outputs", small_only)
+    auto, micro = losses("auto", 4, ["optim.auto_micro_batch=true"])
+    assert auto == pytest.approx(reference, rel=1e-5) and micro == [2, 2, 2]  # halved in step 1, kept
+    with pytest.raises(ResourceError, match="optim.auto_micro_batch=true"):
+        losses("off", 4)

@@ -71,3 +71,12 @@ def test_resolved_config_round_trips(tmp_path):
     dump_config(cfg, tmp_path / "config.yaml")
     again = read_run_config(tmp_path)
     assert again == cfg
+
+
+def test_auto_micro_batch_is_refused_under_fsdp():
+    from unisd.config import load_config
+    from unisd.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="optim.auto_micro_batch with distributed.strategy='fsdp'"):
+        load_config("sdft", ["optim.auto_micro_batch=true", "distributed.strategy=fsdp"])
+    assert load_config("sdft", ["optim.auto_micro_batch=true"]).optim.auto_micro_batch is True

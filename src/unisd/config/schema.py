@@ -324,6 +324,10 @@ class OptimConfig:
     """Seeds data order, sampling, initialisation of adapters."""
     max_bad_steps: int = 3
     """Stop after this many consecutive non-finite losses/gradients (each one skips the update)."""
+    auto_micro_batch: bool = False
+    """On running out of GPU memory in a step's forward/backward, halve `micro_batch_size` and redo
+    the step, as often as needed (the result does not depend on it; HF Trainer's
+    auto_find_batch_size for micro-batches). Off: stop with the settings to lower."""
 
     def validate(self, p: str = "optim") -> None:
         _range(f"{p}.steps", self.steps, 1)
@@ -447,6 +451,9 @@ class RunConfig:
                               "set teacher.context to 'demonstration' or 'answer'")
         if self.teacher.weights == "ema" and self.model.finetune not in ("lora", "full"):
             raise ConfigError("teacher.weights='ema' needs model.finetune 'lora' or 'full'")
+        if self.distributed.strategy == "fsdp" and self.optim.auto_micro_batch:
+            raise ConfigError("optim.auto_micro_batch with distributed.strategy='fsdp' is not supported (every "
+                              "rank would have to redo the step together); set optim.auto_micro_batch=false")
         if self.distributed.strategy == "fsdp" and self.model.compile:
             raise ConfigError("model.compile with distributed.strategy='fsdp' is not supported (untested); "
                               "set model.compile=false or distributed.strategy='replicate'")

@@ -200,6 +200,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     snapshot = os.environ.get("UNISD_CUDA_MEMORY_SNAPSHOT") if device.type == "cuda" else None
     if snapshot:  # profiling aid: every CUDA allocation of the training phase, with its stack
         torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+    micro = cfg.optim.micro_batch_size  # halved on out-of-memory under optim.auto_micro_batch
     score_samples = sample_scorer(task, tokenizer)  # answer rate, sample accuracy (not for code tasks)
     watch = CollapseWatch()  # completion length, student entropy, repetition (reference restarts on resume)
     progress = _step_progress(show_progress, total, state["step"])
@@ -238,29 +239,25 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             n_tokens = int(distributed.all_reduce_sum(torch.tensor(count_loss_tokens(rolled))))
             ctx = StepContext(cfg.objective, pad_id, device, float(n_tokens),
                               teacher_forward if needs_teacher else None, needs_teacher)
-            sums: dict[str, float] = {}
-            teacher_meter.update(s=0.0, tokens=0, scored=0)
-            student_tokens = student_scored = 0  # token counts of the student forwards (for MFU)
             t1 = time.perf_counter()
-            mb = cfg.optim.micro_batch_size
-            parts = [rolled.select(list(range(lo, min(lo + mb, len(rolled))))) for lo in range(0, len(rolled), mb)]
-            # A micro-batch without loss tokens is skipped; sharded, only where no rank has any, since
-            # each forward and backward is then a collective (a rank without tokens adds zeros).
-            counts = torch.tensor([count_loss_tokens(part) for part in parts])
-            parts = [part for part, n in zip(parts, distributed.all_reduce_sum(counts) if sharded else counts) if n]
-            try:
-                for i, part in enumerate(parts):
-                    fsdp.set_gradient_sync(model, i == len(parts) - 1)  # reduce-scatter once per step
-                    with compiled.active() if compiled else contextlib.nullcontext():
-                        loss, m = micro_batch_loss(model, part, ctx)
-                        loss.backward()
-                    student_tokens += sum(map(len, part.student_prompts)) + sum(map(len, part.completions))
-                    student_scored += sum(len(c) for c in part.completions)
-                    for key, value in m.items():
-                        sums[key] = value if key.endswith("_last") else sums.get(key, 0.0) + value
-            except torch.OutOfMemoryError as err:
-                metrics_log.close()
-                raise ResourceError(oom_message(cfg, "forward/backward", step + 1)) from err
+            while True:
+                teacher_meter.update(s=0.0, tokens=0, scored=0)
+                try:
+                    sums, student_tokens, student_scored = _accumulate(model, rolled, ctx, micro, compiled=compiled,
+                                                                       sharded=sharded)
+                    break
+                except torch.OutOfMemoryError as err:
+                    if not cfg.optim.auto_micro_batch or micro == 1 or sharded:
+                        metrics_log.close()
+                        raise ResourceError(oom_message(cfg, "forward/backward", step + 1)) from err
+                # auto_micro_batch: drop this attempt's gradients and redo the step in halves (the
+                # result does not depend on the micro-batch size; the smaller one is kept from here on)
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                console.print(f"[yellow]step {step + 1}: out of memory with micro-batch {micro}; "
+                              f"redoing the step with {micro // 2} (optim.auto_micro_batch)")
+                micro //= 2
             _sync(device)  # backward kernels are asynchronous on CUDA
             t_fb = time.perf_counter() - t1
 
@@ -301,7 +298,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             record = _step_record(state["step"], sums, n_tokens, rollout_stats(roll_counts), grad_norm, scheduler,
                                   (t_gen, t_fb, t_sync, t_opt), finite, cfg.optim.batch_size)
             record.update({"time/teacher_s": teacher_meter["s"], "time/student_s": t_fb - teacher_meter["s"],
-                           "processes": dp.world_size,
+                           "processes": dp.world_size, "micro_batch_size": micro,
                            "tokens/student_forward": counters["student_tokens"],
                            "tokens/student_scored": counters["student_scored"],
                            "tokens/teacher_forward": counters["teacher_tokens"],
@@ -372,6 +369,29 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     return RunResult(run_dir, state["step"], before, after, summary)
 
 
+def _accumulate(model, rolled, ctx: StepContext, micro: int, *, compiled, sharded: bool
+                ) -> tuple[dict[str, float], int, int]:
+    """Forward and backward over `rolled` in micro-batches of `micro` rows, gradients accumulating;
+    returns the metric sums and the student's forward and scored token counts (for MFU)."""
+    sums: dict[str, float] = {}
+    student_tokens = student_scored = 0
+    parts = [rolled.select(list(range(lo, min(lo + micro, len(rolled))))) for lo in range(0, len(rolled), micro)]
+    # A micro-batch without loss tokens is skipped; sharded, only where no rank has any, since
+    # each forward and backward is then a collective (a rank without tokens adds zeros).
+    counts = torch.tensor([count_loss_tokens(part) for part in parts])
+    parts = [part for part, n in zip(parts, distributed.all_reduce_sum(counts) if sharded else counts) if n]
+    for i, part in enumerate(parts):
+        fsdp.set_gradient_sync(model, i == len(parts) - 1)  # reduce-scatter once per step
+        with compiled.active() if compiled else contextlib.nullcontext():
+            loss, m = micro_batch_loss(model, part, ctx)
+            loss.backward()
+        student_tokens += sum(map(len, part.student_prompts)) + sum(map(len, part.completions))
+        student_scored += sum(len(c) for c in part.completions)
+        for key, value in m.items():
+            sums[key] = value if key.endswith("_last") else sums.get(key, 0.0) + value
+    return sums, student_tokens, student_scored
+
+
 def oom_message(cfg: RunConfig, phase: str, step: int) -> str:
     """What to lower after running out of GPU memory in `phase` ("rollout" or "forward/backward"),
     with the current values, so the user can pick without reading the config."""
@@ -386,6 +406,8 @@ def oom_message(cfg: RunConfig, phase: str, step: int) -> str:
     text = f"out of GPU memory in the {phase} of step {step}; lower {', '.join(lower)}"
     if not cfg.model.gradient_checkpointing:
         text += ", or set model.gradient_checkpointing=true (now false)"
+    if phase != "rollout" and not cfg.optim.auto_micro_batch and cfg.distributed.strategy != "fsdp":
+        text += ", or set optim.auto_micro_batch=true to halve the micro-batch on the spot"
     return text + f". Evaluation has its own setting: eval.batch_size (now {cfg.eval.batch_size})."
 
 
