@@ -427,3 +427,15 @@ def test_fused_decode_compiled_with_inductor_matches(lora_model, prompts):
     assert gen.generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD) == ref
     assert gen._compiled and len(gen._weights.groups) == 2 * 3
     torch._dynamo.reset()
+
+
+def test_fused_check_runs_once_per_model(lora_model, prompts, monkeypatch):
+    gen = fast_gen(fuse=True)
+    calls = []
+    real = gen._check_fused
+    monkeypatch.setattr(gen, "_check_fused", lambda *a: calls.append(1) or real(*a))
+    gen.generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD)
+    with lora_model.disable_adapter():  # a new fingerprint: weights rebuilt, not checked again
+        gen.generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD)
+        assert gen._weights
+    assert calls == [1]

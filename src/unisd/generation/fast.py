@@ -277,7 +277,7 @@ class FastGenerator:
         self._forward: Callable[..., torch.Tensor] = _forward_last_logits
         self._compiled = False
         self._weights: DecodeWeights | None = None
-        self._fuse_failed: set[int] = set()  # id() of models whose fused logits did not match
+        self._fuse_ok: dict[int, bool] = {}  # id() of a model -> did its fused logits match (checked once)
 
     # ----- public API ------------------------------------------------------------------------------
 
@@ -345,16 +345,18 @@ class FastGenerator:
             self._workspaces.clear()
             self._fingerprint = fingerprint
             self._weights = None
-            if (use_compile if self.fuse is None else self.fuse) and id(base) not in self._fuse_failed:
-                # rebuilt with every fingerprint change: which adapters are live is part of its shape
+            if (use_compile if self.fuse is None else self.fuse) and self._fuse_ok.get(id(base), True):
+                # rebuilt with every fingerprint change (which adapters are live is part of its shape;
+                # under FSDP every step gathers new tensors), checked against the model once
                 self._weights = DecodeWeights(base)
-                if self._weights and not self._check_fused(base, device, self._weights):
-                    import warnings
+                if self._weights and id(base) not in self._fuse_ok:
+                    self._fuse_ok[id(base)] = self._check_fused(base, device, self._weights)
+                    if not self._fuse_ok[id(base)]:
+                        import warnings
 
-                    warnings.warn(f"{type(base).__name__}: fused decode projections do not reproduce the "
-                                  "model's logits; decoding without them", stacklevel=3)
-                    self._fuse_failed.add(id(base))
-                    self._weights = None
+                        warnings.warn(f"{type(base).__name__}: fused decode projections do not reproduce the "
+                                      "model's logits; decoding without them", stacklevel=3)
+                        self._weights = None
         if use_compile and not self._compiled:
             dynamo = torch._dynamo.config
             # one compile per (dtype, cache length); batch buckets share it through a dynamic batch dim
