@@ -93,6 +93,12 @@ def render_messages(example: Example, user_text: str | None = None) -> list[dict
     return messages
 
 
+def runs_code(task: Task) -> bool:
+    """Does `task` score by running the model's code (MBPP, HumanEval)? Such tasks carry the
+    sandbox opt-in as their `execute` attribute."""
+    return hasattr(task, "execute")
+
+
 def letters(n: int) -> Sequence[str]:
     """Option labels A, B, C, ... for n options."""
     return [chr(ord("A") + i) for i in range(n)]

@@ -19,7 +19,7 @@ from unisd.config.schema import ConfigError, RunConfig
 from unisd.contexts._cache import content_key
 from unisd.evaluation.runner import evaluate, format_accuracy, save_eval
 from unisd.tasks import get_task
-from unisd.tasks.base import Example, Task
+from unisd.tasks.base import Example, Task, runs_code
 
 
 @dataclass
@@ -44,7 +44,7 @@ def task_options(cfg: RunConfig, name: str | None = None) -> dict[str, Any]:
 
 def check_can_score(task: Task, cfg: RunConfig) -> None:
     """Code tasks need the sandbox opt-in to be scored; say so before any model time is spent."""
-    if (cfg.eval.before or cfg.eval.after) and getattr(task, "execute", True) is False:
+    if (cfg.eval.before or cfg.eval.after) and runs_code(task) and not task.execute:
         raise ConfigError(f"task {task.name!r} is scored by running model-written code; pass --execute-code "
                           "(eval.execute_code=true) to allow it in the sandbox, or set eval.before=false and "
                           "eval.after=false to train without evaluating")

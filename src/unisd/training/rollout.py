@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from unisd.config.schema import RunConfig
-from unisd.tasks.base import Example, Score
+from unisd.tasks.base import Example, Score, runs_code
 from unisd.training.data import NEGATIVE_KIND, PreparedRow
 from unisd.training.step import RolloutRows
 
@@ -136,7 +136,7 @@ def rollout_stats(counts: dict[str, float]) -> dict[str, float]:
 def sample_scorer(task, tokenizer) -> Callable[[Example, list[int]], Score] | None:
     """`task.score` on decoded completion ids, for tasks that score by reading the answer; None for
     code tasks (they score by running the code, which training never does)."""
-    if hasattr(task, "execute"):
+    if runs_code(task):
         return None
 
     def score(example: Example, ids: list[int]) -> Score:
