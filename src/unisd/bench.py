@@ -4,8 +4,9 @@ Measured on the device this runs on, in this order:
 1. ceilings: the dense matmul rate (bf16 4096^3 on CUDA, float32 1024^3 on CPU; the dtype is
    recorded) and the device copy bandwidth (read + write bytes of one large `copy_`);
 2. generation: tokens/s of the "fast" backend (on CUDA with fused projections; "fast_unfused":
-   without them) and of HF `generate` with its default and its static cache, greedy, every row forced to decode `new_tokens` (no EOS ids), on the configured task's
-   student chat prompts (so prompt lengths are realistic), timed after a warm-up call. A second,
+   without them) and of HF `generate` with its default and its static cache, greedy, every row
+   forced to decode `new_tokens` (no EOS ids), on the configured task's student chat prompts (so
+   prompt lengths are realistic), timed after a warm-up call. A second,
    one-token call times the prefill; the rest, divided by the decode steps, is set against the
    weight-bandwidth bound (bytes of the weights one step reads / measured copy bandwidth);
 3. training: `steps` steps of the configured recipe through `training.loop.train` (eval off, at most
