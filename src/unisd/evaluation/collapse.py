@@ -17,6 +17,9 @@ logged for code tasks): samples can stop answering at unchanged length, entropy 
 It does not see every content failure: the CPU ablation's EMA run (docs/results.md) answered in the
 task's format as rarely at its start (~0.2) as at its end (~0.3), and collapsed only in what greedy
 decoding said after training."""
+METRICS = {"length": "rollout/completion_len", "repetition": "rollout/repetition",
+           "entropy": "student/entropy", "answers": "rollout/answered_rate"}
+"""The `metrics.jsonl` key each kind is read from."""
 
 
 @dataclass(frozen=True)

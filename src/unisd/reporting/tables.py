@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import numpy as np
 import yaml
 
-from unisd.evaluation.collapse import RULE
+from unisd.evaluation.collapse import METRICS, RULE
 from unisd.evaluation.stats import mean_ci, paired_bootstrap
 
 BASE = "base"
@@ -364,14 +364,10 @@ def collapse_rows(runs: list[Run]) -> list[dict[str, Any]]:
     rows = []
     for run in (r for r in runs if not r.transfer):
         sampled = [r for r in run.metrics if r.get("rollout/on_policy_rows", 1) > 0]
-        len_first, len_last = _window_means([r["rollout/completion_len"] for r in sampled
-                                             if r.get("rollout/completion_len") is not None])
-        rep_first, rep_last = _window_means([r["rollout/repetition"] for r in sampled
-                                             if r.get("rollout/repetition") is not None])
-        ent_first, ent_last = _window_means([r["student/entropy"] for r in sampled
-                                             if r.get("student/entropy") is not None])
-        ans_first, ans_last = _window_means([r["rollout/answered_rate"] for r in sampled
-                                             if r.get("rollout/answered_rate") is not None])
+        means = {kind: _window_means([r[key] for r in sampled if r.get(key) is not None])
+                 for kind, key in METRICS.items()}
+        (len_first, len_last), (rep_first, rep_last) = means["length"], means["repetition"]
+        (ent_first, ent_last), (ans_first, ans_last) = means["entropy"], means["answers"]
         flags = []
         if RULE.collapsed("length", len_first, len_last):
             flags.append(f"length < {RULE.length_drop:.0%} of start")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from unisd.evaluation.collapse import KINDS, RULE, CollapseRule
+from unisd.evaluation.collapse import KINDS, METRICS, RULE, CollapseRule
 
 
 @dataclass
@@ -29,8 +29,7 @@ class CollapseWatch:
     def update(self, record: dict) -> list[str]:
         if record.get("rollout/on_policy_rows", 0) <= 0:  # SFT or a gold-only GKD step: nothing sampled
             return []
-        for kind, name in (("length", "rollout/completion_len"), ("entropy", "student/entropy"),
-                           ("repetition", "rollout/repetition"), ("answers", "rollout/answered_rate")):
+        for kind, name in METRICS.items():
             if record.get(name) is not None:
                 self.history[kind].append(float(record[name]))
         flags = self.flags()
