@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="activation checkpointing on both sides (default off on both; TRL's own default is on)")
     p.add_argument("--which", choices=("trl", "unisd", "both"), default="both")
+    p.add_argument("--unisd-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="extra `--set` for the unisd side only, e.g. model.compile=true (repeatable)")
     p.add_argument("--out", default="trl_compare", help="folder for trl_compare.json and the logs")
     p.add_argument("--work-dir", default=None,
                    help="scratch folder for run directories and checkpoints (default: a new folder under /tmp)")
@@ -350,6 +352,8 @@ def run_unisd(args, folder: Path, batch: int, out: Path, work: Path, env: dict) 
     for field in unisd_overrides(args, folder, batch):
         if not field.startswith(("model.name=", "data.task=", "data.data_dir=")):
             cmd += ["--set", field]
+    for field in args.unisd_set:
+        cmd += ["--set", field]
     rc, seconds, tail = run_logged(cmd, out / f"unisd_b{batch}.log", args.run_timeout, env)
     metrics = work / "unisd_runs" / f"b{batch}" / "metrics.jsonl"
     if rc != 0 or not metrics.is_file():

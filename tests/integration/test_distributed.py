@@ -313,3 +313,45 @@ def test_resume_under_another_strategy_is_refused(tmp_path):
                                           r"the same strategy, not 'replicate'"):
         load_checkpoint(path, model=None, optimizer=None, scheduler=None, teacher=None, rng=None,
                         world_size=2)
+
+
+def _fsdp_forget_workers(rank: int, world: int, init_file: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unisd.scoring import decoder_and_head
+    from unisd.training import fsdp
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2))
+        fsdp._shard_layers(model, init_device_mesh("cpu", (world,)))
+        root = decoder_and_head(model)[0]
+        state = root._get_fsdp_state()
+        ids = torch.arange(8).view(1, 8) + rank
+        for hide in (False, True):  # with torch's reset_iter_state, and the fallback older torch takes
+            model(input_ids=ids)  # a forward with grad recorded, no backward
+            assert state._comm_ctx.post_forward_order, "the forward should have been recorded"
+            saved = FSDPModule.__dict__.get("reset_iter_state")
+            if hide and saved is not None:
+                delattr(FSDPModule, "reset_iter_state")
+            try:
+                assert hasattr(root, "reset_iter_state") != hide
+                fsdp.forget_forwards(root)
+            finally:
+                if hide and saved is not None:
+                    FSDPModule.reset_iter_state = saved
+            assert not state._comm_ctx.post_forward_order
+        model(input_ids=ids).logits.sum().backward()  # the next step still trains
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_forgets_recorded_forwards_on_every_torch(tmp_path):
+    torch.multiprocessing.spawn(_fsdp_forget_workers, args=(2, str(tmp_path / "init")), nprocs=2, join=True)

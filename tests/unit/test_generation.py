@@ -15,7 +15,8 @@ import torch
 from unisd.generation import GENERATORS, get_generator
 from unisd.generation._util import cut_at_eos, left_pad
 from unisd.generation.base import SamplingParams
-from unisd.generation.fast import FastGenerator, batch_bucket, sample_tokens
+from unisd.generation.fast import (FastGenerator, _decode_step, _forward_last_logits, batch_bucket,
+                                 sample_tokens)
 from unisd.generation.hf import HFGenerator
 
 PAD = 0
@@ -439,3 +440,122 @@ def test_fused_check_runs_once_per_model(lora_model, prompts, monkeypatch):
         gen.generate(lora_model, prompts, GREEDY, eos_token_ids=[2], pad_token_id=PAD)
         assert gen._weights
     assert calls == [1]
+
+
+# ----- compiled step, compiled prefill, attention backends ------------------------------------------
+
+needs_cxx = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                               reason="inductor on CPU needs a C++ compiler")
+
+
+@needs_cxx
+def test_compiled_sampler_keeps_the_distribution():
+    # inside the compiled decode step sampling draws from inductor's RNG, not eager torch's: the
+    # distribution, not the stream, is what must match
+    torch._dynamo.reset()
+    sampler = torch.compile(sample_tokens)
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).repeat(20000, 1)
+    one, half = torch.tensor(1.0), torch.tensor(0.7)
+    freq = torch.bincount(sampler(logits, "sample", one, one), minlength=4).float() / 20000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
+    freq = torch.bincount(sampler(logits, "top_p", one, half), minlength=4).float() / 20000
+    assert freq[2:].sum() == 0
+    assert torch.allclose(freq[:2], torch.tensor([0.625, 0.375]), atol=0.015)
+    torch._dynamo.reset()
+
+
+@needs_cxx
+def test_compiled_step_sampling_is_seeded(model, prompts):
+    torch._dynamo.reset()
+    gen = fast_gen(compile=True)
+    params = SamplingParams(max_new_tokens=12, temperature=1.3, top_p=0.9)
+
+    def run(seed, p=params):
+        return gen.generate(model, prompts, p, eos_token_ids=[2], pad_token_id=PAD,
+                            rng=torch.Generator().manual_seed(seed))
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+    assert run(0, SamplingParams(max_new_tokens=16, temperature=1.0, top_p=1e-6)) == \
+        naive_greedy(model, prompts, 16, eos=[2])
+    torch._dynamo.reset()
+
+
+@needs_cxx
+@pytest.mark.parametrize("compile_step,compile_prefill", [(False, True), (True, False)])
+def test_compile_scopes_match_greedy(model, prompts, stop_token, compile_step, compile_prefill):
+    torch._dynamo.reset()
+    gen = fast_gen(compile=True, compile_step=compile_step, compile_prefill=compile_prefill)
+    ref = naive_greedy(model, prompts, 16, eos=[stop_token])
+    assert gen.generate(model, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD) == ref
+    assert (gen._prefill is not _forward_last_logits) == compile_prefill
+    assert (gen._step is not _decode_step) == compile_step
+    assert (gen._forward is not _forward_last_logits) == (not compile_step)
+    torch._dynamo.reset()
+
+
+def test_failed_prefill_compile_falls_back_to_eager(model, prompts, stop_token):
+    gen = fast_gen()
+
+    def broken(*args):
+        raise RuntimeError("inductor said no")
+
+    gen._prefill = broken  # stands in for a compiled prompt pass that fails to compile
+    with pytest.warns(UserWarning, match="prompt pass failed.*inductor said no"):
+        out = gen.generate(model, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD)
+    assert out == naive_greedy(model, prompts, 16, eos=[stop_token])
+    assert gen._prefill is _forward_last_logits
+
+
+def _sdpa_flags_per_call(monkeypatch):
+    """(query length, flash allowed, math allowed) at every SDPA call."""
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        seen.append((q.shape[-2], torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()))
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return seen
+
+
+def test_attention_backends_apply_to_decoding_only(model, prompts, stop_token, monkeypatch):
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        FastGenerator(attention=["flashy"])
+    seen = _sdpa_flags_per_call(monkeypatch)
+    before = torch.backends.cuda.flash_sdp_enabled()
+    out = fast_gen(attention=["efficient"]).generate(model, prompts, GREEDY, eos_token_ids=[stop_token],
+                                                     pad_token_id=PAD)
+    assert out == naive_greedy(model, prompts, 16, eos=[stop_token])
+    groups = model.config.num_attention_heads // model.config.num_key_value_heads
+    decode = {tuple(flags) for q_len, *flags in seen if q_len == groups}  # grouped one-token attention
+    prompt = {tuple(flags) for q_len, *flags in seen if q_len == max(LENGTHS)}
+    assert decode == {(False, True)}  # flash off, math kept as the fallback
+    assert prompt == {(before, True)}  # the prompt pass keeps torch's choice
+    assert torch.backends.cuda.flash_sdp_enabled() == before
+
+
+@needs_cxx
+def test_attention_choice_retraces_the_compiled_step(model, prompts, stop_token):
+    # the choice is read from a module global inside the traced attention, so torch.compile guards
+    # on it: a generator with another choice must not replay a graph traced under the first
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    ref = naive_greedy(model, prompts, 16, eos=[stop_token])
+    for attention in (None, ["math"]):
+        out = fast_gen(compile=True, compile_prefill=False, attention=attention).generate(
+            model, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD)
+        assert out == ref
+        if attention is None:
+            graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] > graphs
+    torch._dynamo.reset()
+
+
+def test_gpu_timer_is_silent_off_cuda(model, prompts):
+    gen = fast_gen()
+    gen.generate(model, prompts, GREEDY, eos_token_ids=[], pad_token_id=PAD)
+    assert "prefill_ms" not in gen.last_stats and gen.last_stats["steps"] == 15

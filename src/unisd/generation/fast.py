@@ -2,14 +2,15 @@
 
 How a batch is decoded:
 1. Prompts are left-padded into a batch of a bucketed size (filler rows are born finished) and
-   prefilled once, eagerly, into a `StaticCache` of a bucketed length L. Slot s of the cache holds
+   prefilled once, eagerly by default, into a `StaticCache` of a bucketed length L. Slot s of the cache holds
    the s-th column of the padded sequence for every row, so all rows write the same slot each step.
 2. Each decode step - mark the new slot in the [B, L] attention mask, advance the position ids,
    run the model on one token per row, sample on the device, write the token, update `finished` -
    touches only preallocated buffers. On CUDA the step is captured once into a `torch.cuda.CUDAGraph`
-   (after a warm-up on a side stream) and replayed; the model forward inside it is compiled with
-   `torch.compile` to fuse its small kernels. On CPU the same function runs eagerly, so the CPU tests
-   check the logic that the graph replays.
+   (after a warm-up on a side stream) and replayed; the step (model forward, sampling, bookkeeping)
+   is compiled whole with `torch.compile` to fuse its small kernels. On CPU the same function runs
+   eagerly, so the CPU tests check the logic that the graph replays (and, with compile=True, the
+   compiled step).
 3. The host syncs only every `check_every` steps, to stop once every row is finished and, when at
    most half the rows are still running, to compact: alive rows move to the front of every buffer
    and of the KV cache, and the loop continues with the graph of the smaller bucket, whose buffers
@@ -30,13 +31,14 @@ attention implementations "sdpa" and "eager" are the ones checked. While it deco
 is switched to `GROUPED_SDPA` (registered with transformers' AttentionInterface), which avoids HF
 materialising K/V per query head at every step; the model's config is restored afterwards.
 
-Cost and speed (H200, SmolLM2-135M architecture, bf16, 128 new tokens; benchmarks/results/
-generation_h200.json): the first call per dtype compiles the forward (about a minute); then batch 64
-runs at ~32k tok/s (HF generate: 2.3k default cache, 15k static), 512 at ~122k. At small batch the
-step is bound by kernel count (~500 per step), not memory bandwidth.
-With `fuse` (the default on CUDA) the decode step reads q/k/v and gate/up through one GEMM each and
-runs LoRA adapters batched per group (`unisd.generation.fused`), to cut that kernel count; its
-speed on the GPU has not been measured yet (benchmarks/generation_bench.py has the rows).
+Cost and speed (H200, SmolLM2-135M architecture, bf16, batch 64 x 128 new tokens, 2026-11-29;
+benchmarks/results/generation_h200_2.json, docs/benchmarks.md): the first call per dtype compiles
+the step (about 50 s); then 38k tok/s (HF generate: 2.3k default cache, 15k static): 1.41 ms per
+decode step, bound by kernel count rather than memory bandwidth. Of that, `fuse` (q/k/v and gate/up
+read through one GEMM each, `unisd.generation.fused`; default on CUDA) saves 0.31 ms per step
+(1.73 ms unfused) and compiling sampling into the step 0.03 ms. The eager prompt pass costs about
+30 ms per call (15% of it); `compile_prefill` cuts that to 12 ms but its compile (dynamic batch and
+width) takes about two minutes, so it is off by default.
 
 Shapes: B batch rows (bucketed), P prompt width, L cache length, T max new tokens, V vocabulary.
 """
@@ -79,6 +81,40 @@ def _forward_last_logits(model: torch.nn.Module, cache_kwargs: dict[str, Any], i
     return out.logits[:, -1, :].float()
 
 
+def _prefill_last_logits(model: torch.nn.Module, cache_kwargs: dict[str, Any], input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """`_forward_last_logits` for the prompt pass. A code object of its own, because torch.compile
+    caches graphs per code object: the prefill's (dynamic batch and width) stay apart from the decode
+    step's."""
+    return _forward_last_logits(model, cache_kwargs, input_ids, attention_mask, position_ids)
+
+
+def _record_tokens(logits: torch.Tensor, mode: str, tokens: torch.Tensor, finished: torch.Tensor,
+                   out: torch.Tensor, step: torch.Tensor, eos: torch.Tensor, pad: torch.Tensor,
+                   temperature: torch.Tensor, top_p: torch.Tensor) -> None:
+    """Sample the next token of every row and write it: into `out` at column `step`, into `tokens`
+    (the next step's input), and into `finished` when it is an EOS id. Finished rows emit pad, as HF."""
+    new = sample_tokens(logits, mode, temperature, top_p)
+    new = torch.where(finished, pad, new)
+    out.index_copy_(1, step.view(1), new[:, None])
+    finished |= (new[:, None] == eos[None, :]).any(-1)
+    tokens.copy_(new[:, None])
+    step.add_(1)
+
+
+def _decode_step(forward: Callable[..., torch.Tensor], model: torch.nn.Module, cache_kwargs: dict[str, Any],
+                 mode: str, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                 finished: torch.Tensor, out: torch.Tensor, slot: torch.Tensor, step: torch.Tensor,
+                 eos: torch.Tensor, pad: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> None:
+    """One token for every row; reads and writes preallocated tensors only (what the CUDA graph
+    captures). Compiled whole by default, so sampling and bookkeeping fuse with the forward's tail."""
+    mask.index_fill_(1, slot.view(1), 1)
+    positions.add_(1)
+    logits = forward(model, cache_kwargs, tokens, mask, positions)
+    slot.add_(1)
+    _record_tokens(logits, mode, tokens, finished, out, step, eos, pad, temperature, top_p)
+
+
 GROUPED_SDPA = "unisd_grouped_sdpa"
 """Attention implementation name FastGenerator switches "sdpa" models to while it decodes."""
 
@@ -111,8 +147,15 @@ def _register_grouped_sdpa() -> None:
                                           scaling=scaling, is_causal=is_causal, **kwargs)
         # query head h uses KV head h // G (HF's repeat_kv order), so [B, H, 1, D] -> [B, H_kv, G, D]
         grouped = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-        out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask,
-                                                               dropout_p=dropout, scale=scaling)
+        if _DECODE_BACKENDS:  # a module global: torch.compile guards on it, so a new choice retraces
+            from torch.nn.attention import sdpa_kernel
+
+            with sdpa_kernel(list(_DECODE_BACKENDS)):
+                out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask,
+                                                                       dropout_p=dropout, scale=scaling)
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask,
+                                                                   dropout_p=dropout, scale=scaling)
         return out.reshape(batch, heads, 1, head_dim).transpose(1, 2).contiguous(), None  # [B, 1, H, D]
 
     def decode_float_mask(*args, **kwargs):
@@ -142,6 +185,66 @@ def _grouped_attention(base: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         config._attn_implementation = "sdpa"
+
+
+_SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+_DECODE_BACKENDS: tuple = ()
+"""SDPA backends (torch.nn.attention.SDPBackend) the one-token decode attention may use; () leaves
+the choice to torch. Set by `_decode_backends` while a FastGenerator decodes."""
+
+
+@contextlib.contextmanager
+def _decode_backends(names: Sequence[str] | None) -> Iterator[None]:
+    """Restrict the grouped decode attention to `names` (plus math, which takes any input) for the
+    duration; None: torch's choice. The prompt pass is not affected."""
+    global _DECODE_BACKENDS
+    if not names:
+        yield
+        return
+    from torch.nn.attention import SDPBackend
+
+    enum = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    saved, _DECODE_BACKENDS = _DECODE_BACKENDS, tuple(dict.fromkeys([*(enum[n] for n in names), SDPBackend.MATH]))
+    try:
+        yield
+    finally:
+        _DECODE_BACKENDS = saved
+
+
+class _GpuTimer:
+    """GPU time of consecutive phases of one call, from CUDA events (no host sync until `totals`,
+    which runs after the call has synced anyway). Does nothing off CUDA."""
+
+    def __init__(self, device: torch.device):
+        self.on = device.type == "cuda"
+        self.spans: list[tuple[str, Any, Any]] = []
+
+    def _event(self) -> Any:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def start(self, name: str) -> None:
+        """End the running phase, if any, and start `name`."""
+        if not self.on:
+            return
+        self.stop()
+        self.spans.append((name, self._event(), None))
+
+    def stop(self) -> None:
+        if self.on and self.spans and self.spans[-1][2] is None:
+            name, begin, _ = self.spans[-1]
+            self.spans[-1] = (name, begin, self._event())
+
+    def totals(self) -> dict[str, float]:
+        """Milliseconds per phase name, summed over the call's batches."""
+        self.stop()
+        out: dict[str, float] = {}
+        for name, begin, end in self.spans:
+            end.synchronize()
+            out[name] = round(out.get(name, 0.0) + begin.elapsed_time(end), 3)
+        return out
 
 
 def _exponential_race(logits: torch.Tensor) -> torch.Tensor:
@@ -254,14 +357,30 @@ class FastGenerator:
         fuse: decode with `unisd.generation.fused.DecodeWeights` (q/k/v and gate/up as one GEMM each,
             LoRA adapters batched per group; default: when compiling, i.e. on CUDA). Costs a copy of
             the projection weights; checked once per model against the unfused logits.
+        compile_step: when compiling, compile the whole decode step (sampling and bookkeeping fused
+            with the forward's tail) rather than the model forward alone.
+        compile_prefill: when compiling, compile the prompt pass too (dynamic batch and width: one
+            compile of about two minutes on an H200, then 12 ms instead of about 30 ms per call at
+            batch 64; off by default for that compile time).
+        attention: SDPA backends the one-token decode attention of an "sdpa" model with grouped KV heads
+            may use ("flash", "efficient", "cudnn", "math"; math stays allowed as the fallback).
+            None: torch's own choice.
     """
 
     def __init__(self, *, compile: bool | None = None, cuda_graph: bool | None = None, check_every: int = 8,
                  compact: bool = True, min_bucket: int = 8, cache_len_multiple: int = 128,
-                 max_batch: int | None = None, max_workspaces: int = 4, fuse: bool | None = None):
+                 max_batch: int | None = None, max_workspaces: int = 4, fuse: bool | None = None,
+                 compile_step: bool = True, compile_prefill: bool = False,
+                 attention: Sequence[str] | None = None):
         if check_every < 1 or min_bucket < 1 or cache_len_multiple < 1:
             raise ValueError("check_every, min_bucket and cache_len_multiple must be >= 1")
+        unknown = sorted(set(attention or ()) - set(_SDPA_BACKENDS))
+        if unknown:
+            raise ValueError(f"unknown attention backend(s) {unknown}; choose from {sorted(_SDPA_BACKENDS)}")
         self.compile = compile
+        self.compile_step = compile_step
+        self.compile_prefill = compile_prefill
+        self.attention = tuple(attention) if attention else None
         self.cuda_graph = cuda_graph
         self.check_every = check_every
         self.compact = compact
@@ -271,10 +390,13 @@ class FastGenerator:
         self.max_workspaces = max_workspaces
         self.fuse = fuse
         self.last_stats: dict[str, Any] = {}
-        """Of the last call: decode steps run, compactions, graphs captured, buckets used."""
+        """Of the last call: decode steps run, compactions, graphs captured, buckets used; on CUDA also
+        the GPU time of the prompt passes and of the decode loops (`prefill_ms`, `decode_ms`)."""
         self._fingerprint: tuple | None = None
         self._workspaces: OrderedDict[tuple[int, int], _Workspace] = OrderedDict()
-        self._forward: Callable[..., torch.Tensor] = _forward_last_logits
+        self._step: Callable[..., None] = _decode_step
+        self._forward: Callable[..., torch.Tensor] = _forward_last_logits  # what the step calls
+        self._prefill: Callable[..., torch.Tensor] = _forward_last_logits
         self._compiled = False
         self._weights: DecodeWeights | None = None
         self._fuse_ok: dict[int, bool] = {}  # id() of a model -> did its fused logits match (checked once)
@@ -293,12 +415,15 @@ class FastGenerator:
         device = model_device(base)
         self._prepare(base, device)
         self.last_stats = {"steps": 0, "compactions": 0, "graphs_captured": 0, "buckets": []}
+        self._timer = _GpuTimer(device)
         chunk = self.max_batch or len(prompts)
         out: list[list[int]] = []
-        with seeded(rng, device), torch.no_grad(), _grouped_attention(base), self._fused_projections():
+        with (seeded(rng, device), torch.no_grad(), _grouped_attention(base), self._fused_projections(),
+              _decode_backends(self.attention)):
             for lo in range(0, len(prompts), chunk):
                 out.extend(self._generate_batch(base, device, prompts[lo:lo + chunk], params,
                                                 list(eos_token_ids), pad_token_id))
+        self.last_stats.update(self._timer.totals())
         return out
 
     def clear(self) -> None:
@@ -363,7 +488,12 @@ class FastGenerator:
             for name in ("recompile_limit", "cache_size_limit"):
                 if hasattr(dynamo, name):
                     setattr(dynamo, name, max(getattr(dynamo, name), 64))
-            self._forward = torch.compile(_forward_last_logits)
+            if self.compile_step:
+                self._step = torch.compile(_decode_step)
+            else:
+                self._forward = torch.compile(_forward_last_logits)
+            if self.compile_prefill:
+                self._prefill = torch.compile(_prefill_last_logits, dynamic=True)
             self._compiled = True
         self._use_graph = on_cuda if self.cuda_graph is None else (self.cuda_graph and on_cuda)
         self._base = base
@@ -421,8 +551,8 @@ class FastGenerator:
         """Let torch.compile treat the batch dim as dynamic, so buckets share one compiled forward."""
         if not self._compiled:
             return
-        for t in (rows.tokens, rows.positions, rows.mask, *(x for layer in rows.cache.layers
-                                                            for x in (layer.keys, layer.values))):
+        for t in (rows.tokens, rows.positions, rows.mask, rows.finished, rows.out,
+                  *(x for layer in rows.cache.layers for x in (layer.keys, layer.values))):
             torch._dynamo.maybe_mark_dynamic(t, 0)
 
     # ----- decoding --------------------------------------------------------------------------------
@@ -454,13 +584,16 @@ class FastGenerator:
         ws.temperature.fill_(max(params.temperature, 1e-6))
         ws.top_p.fill_(params.top_p)
 
-        # prefill (eager): HF builds the causal + padding mask from the 2D prompt mask
+        # prefill: HF builds the causal + padding mask from the 2D prompt mask
+        self._timer.start("prefill_ms")
         positions = position_ids_from_mask(prompt_mask)
-        logits = _forward_last_logits(base, {self._cache_kw: f.cache, **self._logits_kw}, input_ids,
+        logits = self._prefill_logits(base, {self._cache_kw: f.cache, **self._logits_kw}, input_ids,
                                       prompt_mask, positions)
         f.positions.copy_(positions[:, -1:])
         self._mark_dynamic(f)
-        self._sample_and_record(ws, f, logits, mode)
+        _record_tokens(logits, mode, f.tokens, f.finished, f.out, ws.step, ws.eos, ws.pad, ws.temperature,
+                       ws.top_p)
+        self._timer.start("decode_ms")
 
         n = batch
         for step in range(1, new):
@@ -475,6 +608,7 @@ class FastGenerator:
                     self.last_stats["compactions"] += 1
             self._run_step(ws, n, mode)
             self.last_stats["steps"] += 1
+        self._timer.stop()
 
         out = f.out[:, :new].tolist()
         row_ids = f.row_ids.tolist()
@@ -495,27 +629,29 @@ class FastGenerator:
             layer.keys[:m] = layer.keys[:n].index_select(0, keep)
             layer.values[:m] = layer.values[:n].index_select(0, keep)
 
-    def _decode_step(self, ws: _Workspace, rows: _Rows, mode: str) -> None:
-        """One token for rows [:n]: everything here reads and writes preallocated tensors only."""
-        rows.mask.index_fill_(1, ws.slot.view(1), 1)
-        rows.positions.add_(1)
-        logits = self._forward(self._base, {self._cache_kw: rows.cache}, rows.tokens, rows.mask,
-                               rows.positions)
-        ws.slot.add_(1)
-        self._sample_and_record(ws, rows, logits, mode)
+    def _prefill_logits(self, base: torch.nn.Module, cache_kwargs: dict[str, Any], input_ids: torch.Tensor,
+                        mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._prefill(base, cache_kwargs, input_ids, mask, positions)
+        except Exception as err:  # noqa: BLE001 - a compile failure: warn and stay eager from now on
+            if self._prefill is _forward_last_logits:
+                raise
+            import warnings
 
-    def _sample_and_record(self, ws: _Workspace, rows: _Rows, logits: torch.Tensor, mode: str) -> None:
-        tokens = sample_tokens(logits, mode, ws.temperature, ws.top_p)
-        tokens = torch.where(rows.finished, ws.pad, tokens)  # finished rows emit pad, as HF does
-        rows.out.index_copy_(1, ws.step.view(1), tokens[:, None])
-        rows.finished |= (tokens[:, None] == ws.eos[None, :]).any(-1)
-        rows.tokens.copy_(tokens[:, None])
-        ws.step.add_(1)
+            warnings.warn(f"torch.compile of the prompt pass failed ({type(err).__name__}: {err}); "
+                          "prefilling eagerly", stacklevel=3)
+            self._prefill = _forward_last_logits
+            return self._prefill(base, cache_kwargs, input_ids, mask, positions)
+
+    def _step_once(self, ws: _Workspace, rows: _Rows, mode: str) -> None:
+        """One token for rows [:n] (`_decode_step` on this workspace's buffers)."""
+        self._step(self._forward, self._base, {self._cache_kw: rows.cache}, mode, rows.tokens, rows.positions,
+                   rows.mask, rows.finished, rows.out, ws.slot, ws.step, ws.eos, ws.pad, ws.temperature, ws.top_p)
 
     def _run_step(self, ws: _Workspace, n: int, mode: str) -> None:
         rows = self._rows_view(ws, n)
         if not self._use_graph:
-            self._decode_step(ws, rows, mode)
+            self._step_once(ws, rows, mode)
             return
         graph = ws.graphs.get((n, mode))
         if graph is None:
@@ -538,26 +674,26 @@ class FastGenerator:
             with torch.cuda.stream(stream):
                 for _ in range(2):
                     try:
-                        self._decode_step(ws, rows, mode)
+                        self._step_once(ws, rows, mode)
                     except Exception as err:  # noqa: BLE001 - any compile failure: fall back to eager
-                        if self._forward is _forward_last_logits:
+                        if self._step is _decode_step and self._forward is _forward_last_logits:
                             raise
                         import warnings
 
                         warnings.warn(f"torch.compile of the decode step failed "
                                       f"({type(err).__name__}: {err}); "
                                       "falling back to the eager forward", stacklevel=3)
-                        self._forward = _forward_last_logits
+                        self._step, self._forward = _decode_step, _forward_last_logits
                         self.compile = False
                         restore()
-                        self._decode_step(ws, rows, mode)
+                        self._step_once(ws, rows, mode)
                     restore()
             torch.cuda.current_stream(device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             if ws.pool is None:
                 ws.pool = torch.cuda.graph_pool_handle()
             with torch.cuda.graph(graph, pool=ws.pool):
-                self._decode_step(ws, rows, mode)
+                self._step_once(ws, rows, mode)
         restore()
         self.last_stats["graphs_captured"] += 1
         return graph

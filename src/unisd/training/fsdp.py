@@ -76,14 +76,28 @@ def _shard_layers(model: nn.Module, mesh) -> None:
         layer.set_force_sum_reduction_for_comms(True)
         # A trainable tensor without a gradient on one rank still enters the reduce-scatter (as
         # zeros), so every rank sends the same tensors whatever its data.
-        layer.set_reduce_scatter_unused_params(True)
+        if hasattr(layer, "set_reduce_scatter_unused_params"):  # torch >= 2.12; 2.11 lacks it
+            layer.set_reduce_scatter_unused_params(True)
     in_layers = {id(p) for layer in layers for p in layer.parameters()}
     rest = {p for p in decoder.parameters() if id(p) not in in_layers}  # embedding, final norm
     fully_shard(decoder, mesh=mesh, ignored_params=rest)
     if not any(p.requires_grad for p in decoder.parameters()):
         # FSDP records every forward to pick what to all-gather ahead in the next backward, and
         # forgets them in that backward; a frozen teacher copy has none, so forget after each one.
-        decoder.register_forward_hook(lambda root, args, out: root.reset_iter_state())
+        decoder.register_forward_hook(lambda root, args, out: forget_forwards(root))
+
+
+def forget_forwards(root: FSDPModule) -> None:
+    """Make the root FSDP module forget the forwards it recorded (the order its next backward would
+    prefetch all-gathers in). `reset_iter_state` does this from torch 2.12 on; older releases keep
+    the record in the same place, cleared here directly (torch 2.11 is what the GPU machine has)."""
+    if hasattr(root, "reset_iter_state"):
+        root.reset_iter_state()
+        return
+    state = root._get_fsdp_state()
+    state._comm_ctx.post_forward_order.clear()
+    if hasattr(state._state_ctx, "iter_forward_root"):
+        state._state_ctx.iter_forward_root = None
 
 
 def _fsdp_modules(model: nn.Module) -> list[FSDPModule]:
@@ -125,7 +139,7 @@ def full_weights(model: nn.Module) -> Iterator[None]:
             # FSDP records past forwards to pick which layer to all-gather ahead in the next
             # backward; the ones run inside differ between ranks, and so would those all-gathers
             # (a hang, or the wrong shards): forget them.
-            decoder_and_head(model)[0].reset_iter_state()
+            forget_forwards(decoder_and_head(model)[0])
 
 
 def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
