@@ -5,8 +5,9 @@
 #   gen@G      generation_bench.py: the default fast generator and its variants (unfused projections,
 #              sampling outside the compiled step, each decode-attention backend), LoRA-wrapped
 #              student, batch 64-512, HF default and static caches (random SmolLM2-135M architecture)
-#   mem@G      trl_compare.py, unisd side only, with model.compile (per-layer torch.compile): peak
-#              memory against TRL's, measured in the same settings (docs/benchmarks.md), batch 16, 64
+#   mem@G      trl_compare.py, unisd side only, with rollout.release_memory (eager, then with
+#              model.compile): peak memory against TRL's, measured in the same settings
+#              (docs/benchmarks.md), batch 16, 64
 #   bench@G    unisd bench on Qwen2.5-Coder-0.5B, one micro-batch per step (the recipes' micro-batch
 #              of 4 dominated the step before)
 #   scale@G,H  data parallelism on the random SmolLM2 architecture, replicate then fsdp, 2 GPUs
@@ -26,9 +27,14 @@ job() {  # job name, seconds
     gen) mkdir -p $OUT/gen
          timeout $2 python3 benchmarks/generation_bench.py --out $OUT/gen --budget-s $(($2 - 90)) --skip-parity \
            > $OUT/gen/log.txt 2>&1 ;;
-    mem) timeout $2 python3 benchmarks/trl_compare.py --which unisd --unisd-set model.compile=true \
-           --model $SMOL --data-dir /tmp/unisd-data --split train --batch-size 16 64 --steps 6 \
-           --max-new-tokens 128 --run-timeout $(($2 / 2)) --out $OUT/mem > $OUT/mem.log 2>&1 ;;
+    mem) # generator memory freed before each backward, eagerly and with model.compile (2026-11-29:
+         # model.compile alone gave 0.72x TRL's peak at batch 16, 0.57x at 64)
+         for extra in "" "--unisd-set model.compile=true"; do
+           name=mem_release${extra:+_compile}
+           timeout $(($2 / 2)) python3 benchmarks/trl_compare.py --which unisd --unisd-set rollout.release_memory=true \
+             $extra --model $SMOL --data-dir /tmp/unisd-data --split train --batch-size 16 64 --steps 6 \
+             --max-new-tokens 128 --run-timeout $(($2 / 4)) --out $OUT/$name > $OUT/$name.log 2>&1
+         done ;;
     bench) mkdir -p $OUT/bench
          timeout $2 python3 -m unisd bench sdft --model $QWEN --task gsm8k --data-dir /tmp/unisd-data \
            --batch-size 64 --new-tokens 128 --steps 4 --set optim.batch_size=64 --set optim.micro_batch_size=64 \

@@ -111,6 +111,7 @@ def test_out_of_memory_in_forward_backward_names_the_settings(tiny_model_dir, tm
                  "rollout.max_new_tokens (now 4)", "data.max_prompt_tokens (now 1024)",
                  "model.gradient_checkpointing=true (now false)", "eval.batch_size (now 3)"):
         assert text in err
+    assert "release_memory" not in err  # sft trains on gold completions: nothing sampled
 
 
 def test_out_of_memory_in_rollout_names_the_batch_size(tiny_model_dir, tmp_path, monkeypatch):
@@ -127,6 +128,7 @@ def test_out_of_memory_with_auxiliary_teachers_names_k(tiny_model_dir, tmp_path,
     with pytest.raises(ResourceError) as info:
         train(cfg, show_progress=False)
     assert "teacher.aux.k (now 2)" in str(info.value) and "gradient_checkpointing" not in str(info.value)
+    assert "rollout.release_memory=true" in str(info.value)  # it samples on-policy (sft does not)
 
 
 # --- overlong prompts and the summary -------------------------------------------------------------

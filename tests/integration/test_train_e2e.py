@@ -132,3 +132,20 @@ def test_compiled_layers_train_like_eager(tiny_model_dir, tmp_path):
     eager, compiled = losses("false"), losses("true")
     assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-6)
     torch._dynamo.reset()
+
+
+def test_release_memory_frees_the_generator_after_each_rollout(tiny_model_dir, tmp_path, monkeypatch):
+    from unisd.generation.fast import FastGenerator
+
+    cleared = []
+    real_clear = FastGenerator.clear
+    monkeypatch.setattr(FastGenerator, "clear", lambda self: cleared.append(len(self._workspaces)) or real_clear(self))
+    runs = {}
+    for release in (False, True):
+        cfg = tiny_cfg(tiny_model_dir, tmp_path / str(release), "sdft", "rollout.backend=fast", "eval.before=false",
+                       "eval.after=false", f"rollout.release_memory={str(release).lower()}")
+        run = train(cfg, show_progress=False).run_dir
+        runs[release] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert cleared == [1, 1, 1]  # once per step, each time with the step's workspace alive
+    for key in ("loss", "rollout/completion_len", "grad_norm"):  # the same samples and updates
+        assert [r[key] for r in runs[True]] == [r[key] for r in runs[False]], key

@@ -289,6 +289,11 @@ class RolloutConfig:
     """Nucleus sampling threshold."""
     mask_truncated: bool = False
     """Give zero loss to completions that hit max_new_tokens without EOS."""
+    release_memory: bool = False
+    """Free the fast generator's KV caches, CUDA graphs and fused decode weights after each rollout
+    (as TRL's vLLM sleep mode frees vLLM's), so they do not add to the backward's peak memory; the
+    next rollout re-captures its decode graphs (the compiled code is kept). Other backends keep
+    nothing between calls."""
 
     def validate(self, p: str = "rollout") -> None:
         _choice(f"{p}.source", self.source, ("student", "gold", "mixed"))

@@ -232,6 +232,8 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             except torch.OutOfMemoryError as err:
                 metrics_log.close()
                 raise ResourceError(oom_message(cfg, "rollout", step + 1)) from err
+            if cfg.rollout.release_memory and hasattr(generator, "clear"):
+                generator.clear()  # KV caches, graphs, fused weights: not alive during the backward
             t_gen = time.perf_counter() - t0
 
             # ---- accumulate over micro-batches; the loss is normalised by the global token count
@@ -408,6 +410,9 @@ def oom_message(cfg: RunConfig, phase: str, step: int) -> str:
         text += ", or set model.gradient_checkpointing=true (now false)"
     if phase != "rollout" and not cfg.optim.auto_micro_batch and cfg.distributed.strategy != "fsdp":
         text += ", or set optim.auto_micro_batch=true to halve the micro-batch on the spot"
+    if (phase != "rollout" and cfg.rollout.source != "gold" and cfg.rollout.backend in ("auto", "fast")
+            and not cfg.rollout.release_memory):
+        text += ", or set rollout.release_memory=true to free the generator's KV caches before it"
     return text + f". Evaluation has its own setting: eval.batch_size (now {cfg.eval.batch_size})."
 
 
