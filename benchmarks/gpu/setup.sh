@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
-# Issue 7 / issue 5 GPU work, step 1 (run from the repo root on the GPU machine, after the model
-# chunks were staged under /tmp/unisd-models by shared/tools/device-model's calls): join the last
-# SmolLM2 chunk, check both GGUF files, install the carried wheels, unpack the benchmark data and
-# the precomputed retrieval embeddings, and convert both models once (so parallel cells do not).
-# Carried paths: .device/smollm2-135m-instruct/part01, .device/data.tar.xz, .whl, .device/cache
-# (.device/data.tar.xz and .device/cache come from benchmarks/gpu/stage_local.sh, run here; .whl from
-# benchmarks/trl_compare.md)
+# Issue 7 / issue 5 GPU work, step 1 (run from the repo root on the GPU machine, after both models
+# were staged under /tmp/unisd-models by the calls `shared/tools/device-model prepare NAME --out
+# .device --chunk-mb 48` prints, made back to back; the last call of each joins the chunks): check
+# both GGUF files, install the carried wheels, unpack the benchmark data and the precomputed
+# retrieval embeddings, and convert both models once (so parallel cells do not). 48 MB chunks,
+# because each call also carries the repository's tracked files (~12 MB) and may take 64 MiB.
+# Carried paths: .device/data.tar.xz, .whl, .device/cache (.device/data.tar.xz and .device/cache
+# come from benchmarks/gpu/stage_local.sh, run here; .whl from benchmarks/trl_compare.md).
+# Measured 2026-11-29 on an nvidia-h200-x2: staging 1.5 min, this script 1.7 min (the Qwen
+# conversion takes ~56 s).
 set -euo pipefail
 D=/tmp/unisd-models
-if [ ! -f $D/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
-  cp .device/smollm2-135m-instruct/part01 $D/smollm2-135m-instruct.part01
-  cat $D/smollm2-135m-instruct.part00 $D/smollm2-135m-instruct.part01 > $D/SmolLM2-135M-Instruct.Q4_1.gguf
-  rm $D/smollm2-135m-instruct.part*
-fi
 sha256sum -c <<SUMS
 b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $D/SmolLM2-135M-Instruct.Q4_1.gguf
 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32  $D/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf

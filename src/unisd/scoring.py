@@ -42,16 +42,22 @@ class View:
                                              self.targets, self.example_of_token)))
 
 
-def build_view(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> View:
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def build_view(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, *,
+               pad_to_multiple_of: int = 1) -> View:
     """Right-padded `prompt + completion` rows and the aligned completion positions.
 
     Completions may be empty (a row then contributes no tokens). The logits at position p predict
-    token p+1, so completion token j of row i is predicted at len(prompt_i) + j - 1.
+    token p+1, so completion token j of row i is predicted at len(prompt_i) + j - 1. The padded
+    length S is rounded up to `pad_to_multiple_of` (extra columns are padding, masked out).
     """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
-    width = max(lengths)
+    width = _round_up(max(lengths), pad_to_multiple_of)
     batch = len(prompts)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((batch, width), dtype=torch.long)
@@ -70,10 +76,11 @@ def build_view(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
                 torch.tensor(targets, dtype=torch.long), torch.tensor(owner, dtype=torch.long))
 
 
-def concat_views(views: Sequence[View], pad_id: int) -> tuple[View, list[slice]]:
-    """Stack several views (same or different completions) into one batch for a single forward.
-    Returns the stacked view and, per input view, the slice of the stacked [N] rows it owns."""
-    width = max(v.input_ids.shape[1] for v in views)
+def concat_views(views: Sequence[View], pad_id: int, *, pad_to_multiple_of: int = 1) -> tuple[View, list[slice]]:
+    """Stack several views (same or different completions) into one batch for a single forward,
+    padded to the longest (rounded up to `pad_to_multiple_of`). Returns the stacked view and, per
+    input view, the slice of the stacked [N] rows it owns."""
+    width = _round_up(max(v.input_ids.shape[1] for v in views), pad_to_multiple_of)
     ids, masks, gathers, targets, owners, slices = [], [], [], [], [], []
     row_offset, n_offset = 0, 0
     for v in views:

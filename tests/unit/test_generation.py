@@ -559,3 +559,21 @@ def test_gpu_timer_is_silent_off_cuda(model, prompts):
     gen = fast_gen()
     gen.generate(model, prompts, GREEDY, eos_token_ids=[], pad_token_id=PAD)
     assert "prefill_ms" not in gen.last_stats and gen.last_stats["steps"] == 15
+
+
+def test_bucketed_prompt_width_keeps_greedy_outputs(model, prompts, stop_token):
+    # graph_prefill pads every prompt to a multiple of prefill_width_multiple (captured on CUDA only;
+    # here the same padding runs eagerly): the extra left padding is masked out
+    gen = fast_gen(graph_prefill=True, prefill_width_multiple=32)
+    out = gen.generate(model, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD)
+    assert out == naive_greedy(model, prompts, 16, eos=[stop_token])
+    (ws,) = gen._workspaces.values()
+    assert int(ws.slot) > 32 and ws.cache_len == 48  # prompt columns 0..31, then 16 new tokens
+    with pytest.raises(ValueError, match="prefill_width_multiple"):
+        FastGenerator(prefill_width_multiple=0)
+
+
+def test_left_pad_to_a_given_width():
+    ids, mask = left_pad([[5, 6], [7]], PAD, torch.device("cpu"), width=4)
+    assert ids.tolist() == [[0, 0, 5, 6], [0, 0, 0, 7]] and mask.tolist() == [[0, 0, 1, 1], [0, 0, 0, 1]]
+    assert left_pad([[5, 6, 7]], PAD, torch.device("cpu"), width=2)[0].tolist() == [[5, 6, 7]]  # never cuts

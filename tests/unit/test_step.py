@@ -46,7 +46,7 @@ def make_rows(batch: int = 6, k: int = 3, seed: int = 1) -> RolloutRows:
     )
 
 
-def run(model, teacher, rows: RolloutRows, objective: ObjectiveConfig, micro: int):
+def run(model, teacher, rows: RolloutRows, objective: ObjectiveConfig, micro: int, pad_to: int = 1):
     model.zero_grad(set_to_none=True)
 
     def teacher_forward(view, hidden_layer):
@@ -54,7 +54,7 @@ def run(model, teacher, rows: RolloutRows, objective: ObjectiveConfig, micro: in
             return completion_outputs(teacher, view, hidden_layer=hidden_layer)
 
     n_tok = count_loss_tokens(rows)
-    ctx = StepContext(objective, 0, torch.device("cpu"), float(n_tok), teacher_forward)
+    ctx = StepContext(objective, 0, torch.device("cpu"), float(n_tok), teacher_forward, pad_to_multiple_of=pad_to)
     total = 0.0
     for lo in range(0, len(rows), micro):
         loss, _ = micro_batch_loss(model, rows.select(list(range(lo, min(lo + micro, len(rows))))), ctx)
@@ -104,6 +104,39 @@ def test_micro_batch_invariance(models, objective):
         loss, grad = run(student, teacher, rows, objective, micro=micro)
         assert loss == pytest.approx(full_loss, rel=1e-5, abs=1e-7)
         torch.testing.assert_close(grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", [SDFT, with_(SDFT, agreement__granularity="sequence"),
+                                       with_(SDFT, contrastive__weight=0.5), with_(SDFT, features__weight=0.5),
+                                       ObjectiveConfig(loss="nll")],
+                         ids=["rkl", "agree_seq", "contrastive", "features", "nll"])
+def test_padding_lengths_to_a_multiple_changes_nothing(models, objective, monkeypatch):
+    # model.compile rounds every forward's length up to 16; the extra columns are masked padding
+    import unisd.training.step as step_module
+
+    student, teacher = models
+    rows = make_rows()
+    loss, grad = run(student, teacher, rows, objective, micro=3)
+    widths = []
+    real = step_module.completion_outputs
+    monkeypatch.setattr(step_module, "completion_outputs",
+                        lambda model, view, **kw: widths.append(view.input_ids.shape[1]) or real(model, view, **kw))
+    padded_loss, padded_grad = run(student, teacher, rows, objective, micro=3, pad_to=16)
+    assert widths and all(w % 16 == 0 for w in widths)  # every student (and auxiliary) forward padded
+    assert padded_loss == pytest.approx(loss, rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(padded_grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_views_round_their_length_up():
+    from unisd.scoring import build_view, concat_views
+
+    view = build_view([[5, 6], [7]], [[8, 9, 10], [11]], 0, pad_to_multiple_of=8)
+    assert view.input_ids.shape == (2, 8) and view.attention_mask.sum() == 7
+    # logits at gather_index predict the completion tokens: the next input id is the target
+    assert view.input_ids.flatten()[view.gather_index + 1].tolist() == view.targets.tolist() == [8, 9, 10, 11]
+    stacked, _ = concat_views([view, build_view([[1]], [[2]], 0)], 0, pad_to_multiple_of=16)
+    assert stacked.input_ids.shape == (3, 16)
+    assert stacked.input_ids.flatten()[stacked.gather_index + 1].tolist() == [8, 9, 10, 11, 2]
 
 
 MECHANISMS = {

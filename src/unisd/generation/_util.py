@@ -36,14 +36,15 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, device: torch.device,
-             *, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad prompts into `(ids, mask)`, both [rows, P] long, P = longest prompt.
+             *, rows: int | None = None, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts into `(ids, mask)`, both [rows, P] long, P = `width` (default and at least:
+    the longest prompt).
 
     Rows past `len(prompts)` (when `rows` is larger) are filler: one pad token, attended to, so no
     query row is fully masked; callers mark them finished and drop their output.
     """
     rows = len(prompts) if rows is None else rows
-    width = max(len(p) for p in prompts)
+    width = max([len(p) for p in prompts] + [width or 0])
     ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((rows, width), dtype=torch.long)
     for i, p in enumerate(prompts):

@@ -38,7 +38,8 @@ decode step, bound by kernel count rather than memory bandwidth. Of that, `fuse`
 read through one GEMM each, `unisd.generation.fused`; default on CUDA) saves 0.31 ms per step
 (1.73 ms unfused) and compiling sampling into the step 0.03 ms. The eager prompt pass costs about
 30 ms per call (15% of it); `compile_prefill` cuts that to 12 ms but its compile (dynamic batch and
-width) takes about two minutes, so it is off by default.
+width) takes about two minutes, so it is off by default. `graph_prefill` (off by default, not yet
+measured) instead captures the eager prompt pass in a CUDA graph per (batch, width) bucket.
 
 Shapes: B batch rows (bucketed), P prompt width, L cache length, T max new tokens, V vocabulary.
 """
@@ -311,6 +312,17 @@ class _Rows:
 
 
 @dataclass
+class _PrefillGraph:
+    """A captured prompt pass for one prompt width: static inputs, the logits it writes, the graph."""
+
+    input_ids: torch.Tensor   # [B, P] long
+    mask: torch.Tensor        # [B, P] long
+    positions: torch.Tensor   # [B, P] long
+    logits: torch.Tensor      # [B, V] float32, in the graph pool: read before any other graph runs
+    graph: Any
+
+
+@dataclass
 class _Workspace:
     """Everything one (batch bucket B, cache length L) needs; all tensors are allocated once."""
 
@@ -325,10 +337,11 @@ class _Workspace:
     top_p: torch.Tensor        # [] float32
     views: dict[int, _Rows] = field(default_factory=dict)
     graphs: dict[tuple[int, str], Any] = field(default_factory=dict)
+    prefills: dict[int, _PrefillGraph] = field(default_factory=dict)
     pool: Any = None
-    """CUDA graph memory pool shared by this workspace's graphs (they never run concurrently, and
-    keep nothing they produce in pool memory). Per workspace: a pool must not be reused once every
-    graph holding it has been freed."""
+    """CUDA graph memory pool shared by this workspace's graphs (they never run concurrently; only
+    a prompt pass leaves a result in pool memory, its logits, which are sampled from before the next
+    graph runs). Per workspace: a pool must not be reused once every graph holding it has been freed."""
 
     def rows(self, n: int) -> _Rows:
         return self.full if n == self.batch else self.views[n]
@@ -362,6 +375,11 @@ class FastGenerator:
         compile_prefill: when compiling, compile the prompt pass too (dynamic batch and width: one
             compile of about two minutes on an H200, then 12 ms instead of about 30 ms per call at
             batch 64; off by default for that compile time).
+        graph_prefill: on CUDA, capture the prompt pass in a CUDA graph per prompt width (widths
+            rounded up to `prefill_width_multiple`; more left padding, masked out), replayed instead
+            of HF's Python-bound eager forward. Falls back to the plain prompt pass, with a warning,
+            if capturing fails.
+        prefill_width_multiple: prompt widths are rounded up to this with `graph_prefill`.
         attention: SDPA backends the one-token decode attention of an "sdpa" model with grouped KV heads
             may use ("flash", "efficient", "cudnn", "math"; math stays allowed as the fallback).
             None: torch's own choice.
@@ -370,16 +388,18 @@ class FastGenerator:
     def __init__(self, *, compile: bool | None = None, cuda_graph: bool | None = None, check_every: int = 8,
                  compact: bool = True, min_bucket: int = 8, cache_len_multiple: int = 128,
                  max_batch: int | None = None, max_workspaces: int = 4, fuse: bool | None = None,
-                 compile_step: bool = True, compile_prefill: bool = False,
-                 attention: Sequence[str] | None = None):
-        if check_every < 1 or min_bucket < 1 or cache_len_multiple < 1:
-            raise ValueError("check_every, min_bucket and cache_len_multiple must be >= 1")
+                 compile_step: bool = True, compile_prefill: bool = False, graph_prefill: bool = False,
+                 prefill_width_multiple: int = 32, attention: Sequence[str] | None = None):
+        if check_every < 1 or min_bucket < 1 or cache_len_multiple < 1 or prefill_width_multiple < 1:
+            raise ValueError("check_every, min_bucket, cache_len_multiple and prefill_width_multiple must be >= 1")
         unknown = sorted(set(attention or ()) - set(_SDPA_BACKENDS))
         if unknown:
             raise ValueError(f"unknown attention backend(s) {unknown}; choose from {sorted(_SDPA_BACKENDS)}")
         self.compile = compile
         self.compile_step = compile_step
         self.compile_prefill = compile_prefill
+        self.graph_prefill = graph_prefill
+        self.prefill_width_multiple = prefill_width_multiple
         self.attention = tuple(attention) if attention else None
         self.cuda_graph = cuda_graph
         self.check_every = check_every
@@ -561,7 +581,10 @@ class FastGenerator:
                         params: SamplingParams, eos: list[int], pad: int) -> list[list[int]]:
         mode = _sampling_mode(params)
         batch = batch_bucket(len(prompts), self.min_bucket)
-        input_ids, prompt_mask = left_pad(prompts, pad, device, rows=batch)
+        width = max(len(p) for p in prompts)
+        if self.graph_prefill:  # one captured prompt pass per bucketed width
+            width = _round_up(width, self.prefill_width_multiple)
+        input_ids, prompt_mask = left_pad(prompts, pad, device, rows=batch, width=width)
         width, new = input_ids.shape[1], params.max_new_tokens
         ws = self._workspace(base, device, batch, _round_up(width + new, self.cache_len_multiple))
         self.last_stats["buckets"].append(batch)
@@ -587,8 +610,11 @@ class FastGenerator:
         # prefill: HF builds the causal + padding mask from the 2D prompt mask
         self._timer.start("prefill_ms")
         positions = position_ids_from_mask(prompt_mask)
-        logits = self._prefill_logits(base, {self._cache_kw: f.cache, **self._logits_kw}, input_ids,
-                                      prompt_mask, positions)
+        if self.graph_prefill and self._use_graph:
+            logits = self._graphed_prefill(ws, input_ids, prompt_mask, positions)
+        else:
+            logits = self._prefill_logits(base, {self._cache_kw: f.cache, **self._logits_kw}, input_ids,
+                                          prompt_mask, positions)
         f.positions.copy_(positions[:, -1:])
         self._mark_dynamic(f)
         _record_tokens(logits, mode, f.tokens, f.finished, f.out, ws.step, ws.eos, ws.pad, ws.temperature,
@@ -642,6 +668,61 @@ class FastGenerator:
                           "prefilling eagerly", stacklevel=3)
             self._prefill = _forward_last_logits
             return self._prefill(base, cache_kwargs, input_ids, mask, positions)
+
+    def _graphed_prefill(self, ws: _Workspace, input_ids: torch.Tensor, mask: torch.Tensor,
+                         positions: torch.Tensor) -> torch.Tensor:
+        """The prompt pass replayed from this width's graph (captured on first use)."""
+        kwargs = {self._cache_kw: ws.full.cache, **self._logits_kw}
+        entry = ws.prefills.get(input_ids.shape[1])
+        if entry is None:
+            if not all(layer.is_initialized for layer in ws.full.cache.layers):
+                # a new workspace's first pass allocates its KV cache, on this stream; capture next time
+                return self._prefill_logits(self._base, kwargs, input_ids, mask, positions)
+            entry = self._capture_prefill(ws, kwargs, input_ids, mask, positions)
+            if entry is None:  # capture failed: graph_prefill is now off
+                return self._prefill_logits(self._base, kwargs, input_ids, mask, positions)
+            ws.prefills[input_ids.shape[1]] = entry
+        entry.input_ids.copy_(input_ids)
+        entry.mask.copy_(mask)
+        entry.positions.copy_(positions)
+        entry.graph.replay()
+        return entry.logits
+
+    def _capture_prefill(self, ws: _Workspace, kwargs: dict[str, Any], input_ids: torch.Tensor, mask: torch.Tensor,
+                         positions: torch.Tensor) -> _PrefillGraph | None:
+        """Warm up on a side stream, then capture one prompt pass. The warm-up writes the KV cache and
+        advances its write counters, which are reset after (the replay writes the same slots)."""
+        device = input_ids.device
+        inputs = [input_ids.clone(), mask.clone(), positions.clone()]
+
+        def reset_cache_counters() -> None:
+            for layer in ws.full.cache.layers:
+                if layer.is_initialized:
+                    layer.cumulative_length.zero_()
+
+        try:
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                self._prefill_logits(self._base, kwargs, *inputs)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            reset_cache_counters()
+            graph = torch.cuda.CUDAGraph()
+            if ws.pool is None:
+                ws.pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=ws.pool):
+                logits = self._prefill_logits(self._base, kwargs, *inputs)
+        except Exception as err:  # noqa: BLE001 - e.g. a host sync inside the forward: stay uncaptured
+            import warnings
+
+            warnings.warn(f"capturing the prompt pass in a CUDA graph failed ({type(err).__name__}: {err}); "
+                          "prefilling without a graph", stacklevel=4)
+            self.graph_prefill = False
+            reset_cache_counters()
+            return None
+        reset_cache_counters()
+        self.last_stats["graphs_captured"] += 1
+        return _PrefillGraph(*inputs, logits=logits, graph=graph)
 
     def _step_once(self, ws: _Workspace, rows: _Rows, mode: str) -> None:
         """One token for rows [:n] (`_decode_step` on this workspace's buffers)."""

@@ -11,6 +11,10 @@ each micro-batch's forward and backward (teacher forwards included) in it, and s
 evaluation, which bring their own KV caches and, on GPU, their own compiled decode step, run
 the layers as they are.
 
+With it the loop rounds every forward's sequence length up to a multiple of 16 (masked padding),
+so that the alignment test inside SDPA's CUDA kernels always goes the same way and does not
+recompile the layers mid-run.
+
 Not done here: compiling the LM head or the divergence (their float32 work is already chunked,
 `unisd.objectives.divergence`), and FSDP (the config refuses the combination, untested).
 """

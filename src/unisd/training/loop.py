@@ -239,8 +239,12 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             # ---- accumulate over micro-batches; the loss is normalised by the global token count
             # (summed over ranks, so that the ranks' gradients add up to the batch gradient) ----
             n_tokens = int(distributed.all_reduce_sum(torch.tensor(count_loss_tokens(rolled))))
+            # model.compile: lengths rounded to a multiple of 16, because SDPA's CUDA kernels pad an
+            # unaligned mask length, a shape test that recompiles the layers whenever a batch's
+            # length turns out divisible by 16 (seen on the H200 mid-run; torch's pad_last_dim)
             ctx = StepContext(cfg.objective, pad_id, device, float(n_tokens),
-                              teacher_forward if needs_teacher else None, needs_teacher)
+                              teacher_forward if needs_teacher else None, needs_teacher,
+                              pad_to_multiple_of=16 if cfg.model.compile else 1)
             t1 = time.perf_counter()
             while True:
                 teacher_meter.update(s=0.0, tokens=0, scored=0)

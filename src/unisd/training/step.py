@@ -64,6 +64,8 @@ class StepContext:
     num_tokens_global: float
     teacher_forward: object  # callable(view, hidden_layer) -> (logits, hidden), runs teacher weights, no grad
     teacher_needed: bool = True
+    pad_to_multiple_of: int = 1
+    """Sequence lengths of the forwards are rounded up to this (model.compile: see the loop)."""
 
 
 def _token_mask(rows: RolloutRows, device) -> torch.Tensor:
@@ -80,7 +82,8 @@ def micro_batch_loss(model: torch.nn.Module, rows: RolloutRows, ctx: StepContext
     cfg = ctx.objective
     dev = ctx.device
     metrics: dict[str, float] = defaultdict(float)
-    student_view = build_view(rows.student_prompts, rows.completions, ctx.pad_id).to(dev)
+    student_view = build_view(rows.student_prompts, rows.completions, ctx.pad_id,
+                              pad_to_multiple_of=ctx.pad_to_multiple_of).to(dev)
     mask = _token_mask(rows, dev)
     n_global = max(ctx.num_tokens_global, 1.0)
     feat = cfg.features
@@ -106,7 +109,7 @@ def micro_batch_loss(model: torch.nn.Module, rows: RolloutRows, ctx: StepContext
         if neg_rows:
             views.append(build_view([rows.negative_prompts[i] for i in neg_rows],
                                     [rows.completions[i] for i in neg_rows], ctx.pad_id))
-    stacked, slices = concat_views(views, ctx.pad_id)
+    stacked, slices = concat_views(views, ctx.pad_id, pad_to_multiple_of=ctx.pad_to_multiple_of)
     t_logits_all, t_hidden_all = ctx.teacher_forward(stacked.to(dev), hidden_layer)
     t_logits = t_logits_all[slices[0]]
     temp = cfg.temperature
@@ -169,7 +172,7 @@ def _agreement_weights(model, rows: RolloutRows, ctx: StepContext, student_view:
     k = len(rows.aux_prompts[selected[0]])
     views = [build_view([rows.aux_prompts[i][j] for i in selected], [rows.completions[i] for i in selected],
                         ctx.pad_id) for j in range(k)]
-    stacked, slices = concat_views(views, ctx.pad_id)
+    stacked, slices = concat_views(views, ctx.pad_id, pad_to_multiple_of=ctx.pad_to_multiple_of)
     aux_logits, _ = ctx.teacher_forward(stacked.to(d.device), None)
     targets = torch.tensor([tok for i in selected for tok in rows.completions[i]], dtype=torch.long,
                            device=d.device)
