@@ -4,7 +4,7 @@ Measured on the device this runs on, in this order:
 1. ceilings: the dense matmul rate (bf16 4096^3 on CUDA, float32 1024^3 on CPU; the dtype is
    recorded) and the device copy bandwidth (read + write bytes of one large `copy_`);
 2. generation: tokens/s of the "fast" backend (on CUDA with fused projections; "fast_unfused":
-   without them) and of HF `generate` with its default and its static cache, greedy, every row
+   without them; "fast_graph_prefill": with the prompt pass in a CUDA graph) and of HF `generate` with its default and its static cache, greedy, every row
    forced to decode `new_tokens` (no EOS ids), on the configured task's student chat prompts (so
    prompt lengths are realistic), timed after a warm-up call. A second,
    one-token call times the prefill; the rest, divided by the decode steps, is set against the
@@ -46,7 +46,7 @@ MFU_FORMULA = (
     "through the decoder; S: completion tokens through the LM head (heads run on completion positions "
     "only); step_s includes generation, whose FLOPs are not counted; attention score FLOPs and "
     "gradient-checkpointing recompute are not counted.")
-BACKENDS = ("fast", "fast_unfused", "hf", "hf_static")
+BACKENDS = ("fast", "fast_unfused", "fast_graph_prefill", "hf", "hf_static")
 
 
 def _sync(device: torch.device) -> None:
@@ -127,8 +127,8 @@ def _generator(name: str):
     from unisd.generation.fast import FastGenerator
     from unisd.generation.hf import HFGenerator
 
-    if name in ("fast", "fast_unfused"):
-        return FastGenerator(fuse=False if name == "fast_unfused" else None)
+    if name.startswith("fast"):
+        return FastGenerator(fuse=False if name == "fast_unfused" else None, graph_prefill=name == "fast_graph_prefill")
     return HFGenerator(cache_implementation="static" if name == "hf_static" else None)
 
 
@@ -145,7 +145,9 @@ def bench_generation(model, prompts: list[list[int]], *, backend: str, new_token
                       device)
 
     warmup = run(new_tokens)  # compiles and captures graphs (fast, static)
+    run(new_tokens)  # fast_graph_prefill captures its prompt pass on the second call of a shape
     seconds = statistics.median(run(new_tokens) for _ in range(2))
+    run(1)
     run(1)
     prefill = run(1)  # prefill and first token only
     batch = len(prompts)
