@@ -20,6 +20,8 @@ from unisd.generation.fast import (FastGenerator, _decode_step, _forward_last_lo
 from unisd.generation.hf import HFGenerator
 
 PAD = 0
+needs_cxx = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                               reason="inductor on CPU needs a C++ compiler")
 LENGTHS = (3, 7, 5, 1, 9, 4, 6)  # different lengths: left padding matters
 
 
@@ -185,17 +187,23 @@ def test_fast_samples_stay_in_the_nucleus(model, prompts):
             assert mass_above < top_p + 1e-5, f"token {tok} is outside the top-{top_p} nucleus"
 
 
-def test_sample_tokens_distribution_and_top_p():
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_cxx)], ids=["eager", "compiled"])
+def test_sample_tokens_distribution_and_top_p(compiled):
+    # compiled: inside the compiled decode step sampling draws from inductor's RNG, not eager
+    # torch's; the distribution, not the stream, is what must match
+    torch._dynamo.reset()
+    sampler = torch.compile(sample_tokens) if compiled else sample_tokens
     torch.manual_seed(0)
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).repeat(20000, 1)
     one, half = torch.tensor(1.0), torch.tensor(0.7)
-    freq = torch.bincount(sample_tokens(logits, "sample", one, one), minlength=4).float() / 20000
+    freq = torch.bincount(sampler(logits, "sample", one, one), minlength=4).float() / 20000
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
     # top_p=0.7: mass above token 1 is 0.5 < 0.7 (kept), above token 2 is 0.8 (dropped)
-    freq = torch.bincount(sample_tokens(logits, "top_p", one, half), minlength=4).float() / 20000
+    freq = torch.bincount(sampler(logits, "top_p", one, half), minlength=4).float() / 20000
     assert freq[2:].sum() == 0
     assert torch.allclose(freq[:2], torch.tensor([0.625, 0.375]), atol=0.015)
-    assert sample_tokens(logits[:3], "greedy", one, one).tolist() == [0, 0, 0]
+    assert sampler(logits[:3], "greedy", one, one).tolist() == [0, 0, 0]
+    torch._dynamo.reset()
 
 
 # ----- peft --------------------------------------------------------------------------------------
@@ -417,7 +425,7 @@ def test_patched_restores_modules_on_error(model):
     assert attn.q_proj is original and all(g.product is None for g in weights.groups)
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor on CPU needs a C++ compiler")
+@needs_cxx
 def test_fused_decode_compiled_with_inductor_matches(lora_model, prompts):
     # the real torch.compile (inductor, CPU) over the shims: the stashed q/k/v product is a traced
     # side effect, so this is the path the CUDA graph captures on GPU
@@ -443,27 +451,6 @@ def test_fused_check_runs_once_per_model(lora_model, prompts, monkeypatch):
 
 
 # ----- compiled step, compiled prefill, attention backends ------------------------------------------
-
-needs_cxx = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
-                               reason="inductor on CPU needs a C++ compiler")
-
-
-@needs_cxx
-def test_compiled_sampler_keeps_the_distribution():
-    # inside the compiled decode step sampling draws from inductor's RNG, not eager torch's: the
-    # distribution, not the stream, is what must match
-    torch._dynamo.reset()
-    sampler = torch.compile(sample_tokens)
-    torch.manual_seed(0)
-    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).repeat(20000, 1)
-    one, half = torch.tensor(1.0), torch.tensor(0.7)
-    freq = torch.bincount(sampler(logits, "sample", one, one), minlength=4).float() / 20000
-    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
-    freq = torch.bincount(sampler(logits, "top_p", one, half), minlength=4).float() / 20000
-    assert freq[2:].sum() == 0
-    assert torch.allclose(freq[:2], torch.tensor([0.625, 0.375]), atol=0.015)
-    torch._dynamo.reset()
-
 
 @needs_cxx
 def test_compiled_step_sampling_is_seeded(model, prompts):
