@@ -31,7 +31,8 @@ job() {  # job name, seconds
          # model.compile alone gave 0.72x TRL's peak at batch 16, 0.57x at 64)
          for extra in "" "--unisd-set model.compile=true"; do
            name=mem_release${extra:+_compile}
-           timeout $(($2 / 2)) python3 benchmarks/trl_compare.py --which unisd --unisd-set rollout.release_memory=true \
+           env ${extra:+TORCH_LOGS=recompiles} timeout $(($2 / 2)) python3 benchmarks/trl_compare.py --which unisd \
+             --unisd-set rollout.release_memory=true \
              $extra --model $SMOL --data-dir /tmp/unisd-data --split train --batch-size 16 64 --steps 6 \
              --max-new-tokens 128 --run-timeout $(($2 / 4)) --out $OUT/$name > $OUT/$name.log 2>&1
          done ;;
