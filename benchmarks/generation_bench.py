@@ -221,6 +221,8 @@ def main() -> None:
         section("hf_default_b64", lambda: run_hf("hf_default_cache_b64", HFGenerator(), 1))
         section("hf_static_b64",
                 lambda: run_hf("hf_static_cache_b64", HFGenerator(cache_implementation="static"), 2))
+    # FlexAttention's decoding kernel for the one-token attention (cuDNN's takes ~13 us per layer)
+    section("fast_attn_flex_b64", lambda: run_ours("fast_attn_flex_b64", fast(attention=["flex"]), 64, reps=3))
     # variants of the decode step (measured 2026-11-29: docs/benchmarks.md), each against the default's
     # decode_step_ms; tok/s also moves with the eager prompt pass, which varies from run to run
     variants = {"fast_unfused_b64": dict(fuse=False),                   # q/k/v, gate/up as separate GEMMs

@@ -564,3 +564,25 @@ def test_left_pad_to_a_given_width():
     ids, mask = left_pad([[5, 6], [7]], PAD, torch.device("cpu"), width=4)
     assert ids.tolist() == [[0, 0, 5, 6], [0, 0, 0, 7]] and mask.tolist() == [[0, 0, 1, 1], [0, 0, 0, 1]]
     assert left_pad([[5, 6, 7]], PAD, torch.device("cpu"), width=2)[0].tolist() == [[5, 6, 7]]  # never cuts
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+def test_flex_decode_attention_matches_greedy(model, prompts, stop_token):
+    with pytest.raises(ValueError, match="give it alone"):
+        FastGenerator(attention=["flex", "math"])
+    gen = fast_gen(attention=["flex"])
+    out = gen.generate(model, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD)
+    assert out == naive_greedy(model, prompts, 16, eos=[stop_token])
+
+
+def test_flex_decode_equals_sdpa_on_one_step():
+    from unisd.generation.fast import _flex_decode
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 2, 8, generator=g), torch.randn(3, 2, 10, 8, generator=g),
+               torch.randn(3, 2, 10, 8, generator=g))
+    keep = torch.rand(3, 1, 1, 10, generator=g) > 0.3
+    keep[..., -1] = True  # every row attends to something
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=0.3)
+    for mask in (keep, torch.zeros(()).masked_fill(~keep, float("-inf"))):  # boolean and additive
+        torch.testing.assert_close(_flex_decode(q, k, v, mask, 0.3), ref, rtol=1e-5, atol=1e-5)

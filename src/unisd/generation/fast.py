@@ -148,7 +148,9 @@ def _register_grouped_sdpa() -> None:
                                           scaling=scaling, is_causal=is_causal, **kwargs)
         # query head h uses KV head h // G (HF's repeat_kv order), so [B, H, 1, D] -> [B, H_kv, G, D]
         grouped = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-        if _DECODE_BACKENDS:  # a module global: torch.compile guards on it, so a new choice retraces
+        if _DECODE_BACKENDS == ("flex",):  # a module global: torch.compile guards on it, so a new choice retraces
+            out = _flex_decode(grouped, key, value, attention_mask, scaling)
+        elif _DECODE_BACKENDS:
             from torch.nn.attention import sdpa_kernel
 
             with sdpa_kernel(list(_DECODE_BACKENDS)):
@@ -188,10 +190,28 @@ def _grouped_attention(base: torch.nn.Module) -> Iterator[None]:
         config._attn_implementation = "sdpa"
 
 
-_SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+_SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math", "flex")
 _DECODE_BACKENDS: tuple = ()
-"""SDPA backends (torch.nn.attention.SDPBackend) the one-token decode attention may use; () leaves
-the choice to torch. Set by `_decode_backends` while a FastGenerator decodes."""
+"""SDPA backends (torch.nn.attention.SDPBackend) the one-token decode attention may use, or ("flex",)
+for FlexAttention; () leaves the choice to torch. Set by `_decode_backends` while a FastGenerator
+decodes."""
+
+
+def _flex_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                 scale: float | None) -> torch.Tensor:
+    """The grouped decode attention through FlexAttention (compiled, its split-KV decoding kernel):
+    query [B, H_kv, G, D] against key/value [B, H_kv, L, D], the padding mask [B, 1, 1, L] (additive
+    float or boolean) added to the scores."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if mask.dtype == torch.bool:
+        mask = torch.zeros((), dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    bias = mask[:, 0, 0, :]  # [B, L]
+
+    def add_mask(score, b, h, q_idx, kv_idx):
+        return score + bias[b, kv_idx]
+
+    return flex_attention(query, key, value, score_mod=add_mask, scale=scale)
 
 
 @contextlib.contextmanager
@@ -204,9 +224,13 @@ def _decode_backends(names: Sequence[str] | None) -> Iterator[None]:
         return
     from torch.nn.attention import SDPBackend
 
-    enum = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-            "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
-    saved, _DECODE_BACKENDS = _DECODE_BACKENDS, tuple(dict.fromkeys([*(enum[n] for n in names), SDPBackend.MATH]))
+    if "flex" in names:  # alone (checked by FastGenerator)
+        chosen: tuple = ("flex",)
+    else:
+        enum = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+        chosen = tuple(dict.fromkeys([*(enum[n] for n in names), SDPBackend.MATH]))
+    saved, _DECODE_BACKENDS = _DECODE_BACKENDS, chosen
     try:
         yield
     finally:
@@ -381,8 +405,8 @@ class FastGenerator:
             if capturing fails.
         prefill_width_multiple: prompt widths are rounded up to this with `graph_prefill`.
         attention: SDPA backends the one-token decode attention of an "sdpa" model with grouped KV heads
-            may use ("flash", "efficient", "cudnn", "math"; math stays allowed as the fallback).
-            None: torch's own choice.
+            may use ("flash", "efficient", "cudnn", "math"; math stays allowed as the fallback), or
+            ["flex"]: FlexAttention (its decoding kernel when compiled). None: torch's own choice.
     """
 
     def __init__(self, *, compile: bool | None = None, cuda_graph: bool | None = None, check_every: int = 8,
@@ -395,6 +419,8 @@ class FastGenerator:
         unknown = sorted(set(attention or ()) - set(_SDPA_BACKENDS))
         if unknown:
             raise ValueError(f"unknown attention backend(s) {unknown}; choose from {sorted(_SDPA_BACKENDS)}")
+        if "flex" in (attention or ()) and len(set(attention)) > 1:
+            raise ValueError(f"attention 'flex' (FlexAttention) replaces SDPA: give it alone, got {list(attention)}")
         self.compile = compile
         self.compile_step = compile_step
         self.compile_prefill = compile_prefill
