@@ -292,9 +292,9 @@ def test_grouped_sdpa_matches_hf_sdpa():
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from unisd.generation.fast import GROUPED_SDPA, _register_grouped_sdpa
+    from unisd.generation.attention import GROUPED_SDPA, register_grouped_sdpa
 
-    _register_grouped_sdpa()
+    register_grouped_sdpa()
     grouped = AttentionInterface._global_mapping[GROUPED_SDPA]
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
@@ -576,7 +576,7 @@ def test_flex_decode_attention_matches_greedy(model, prompts, stop_token):
 
 
 def test_flex_decode_equals_sdpa_on_one_step():
-    from unisd.generation.fast import _flex_decode
+    from unisd.generation.attention import flex_decode
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 2, 2, 8, generator=g), torch.randn(3, 2, 10, 8, generator=g),
@@ -585,4 +585,4 @@ def test_flex_decode_equals_sdpa_on_one_step():
     keep[..., -1] = True  # every row attends to something
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=0.3)
     for mask in (keep, torch.zeros(()).masked_fill(~keep, float("-inf"))):  # boolean and additive
-        torch.testing.assert_close(_flex_decode(q, k, v, mask, 0.3), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(flex_decode(q, k, v, mask, 0.3), ref, rtol=1e-5, atol=1e-5)

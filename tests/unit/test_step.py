@@ -8,7 +8,6 @@ plain SDFT on the same batch. These are regression tests for the reference code'
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
