@@ -146,7 +146,11 @@ def bench_generation(model, prompts: list[list[int]], *, backend: str, new_token
 
     warmup = run(new_tokens)  # compiles and captures graphs (fast, static)
     run(new_tokens)  # fast_graph_prefill captures its prompt pass on the second call of a shape
-    seconds = statistics.median(run(new_tokens) for _ in range(2))
+    times, phases = [], []
+    for _ in range(2):
+        times.append(run(new_tokens))
+        phases.append(dict(getattr(gen, "last_stats", {})))
+    seconds = statistics.median(times)
     run(1)
     run(1)
     prefill = run(1)  # prefill and first token only
@@ -158,6 +162,11 @@ def bench_generation(model, prompts: list[list[int]], *, backend: str, new_token
     if new_tokens > 1:
         step = max(seconds - prefill, 0.0) / (new_tokens - 1)
         out.update(decode_step_s=step, x_bound=step / bound_step_s)
+    # the fast backend's own CUDA-event timing of the same calls (mean of the two): prompt pass and
+    # decode steps on the GPU, without the host time around them
+    if all("decode_ms" in p and p.get("steps") for p in phases):
+        out["gpu_prefill_s"] = statistics.mean(p["prefill_ms"] for p in phases) / 1e3
+        out["gpu_decode_step_s"] = statistics.mean(p["decode_ms"] / p["steps"] for p in phases) / 1e3
     del gen
     return out
 

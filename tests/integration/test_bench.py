@@ -42,3 +42,27 @@ def test_bench_writes_every_section(tiny_model_dir, tmp_path, capsys):
     step = t["per_step"][-1]
     assert abs(step["time/teacher_s"] + step["time/student_s"] - step["time/forward_backward_s"]) < 1e-9
     assert step["tokens/teacher_forward"] > 0 and step["tokens/student_forward"] > 0
+
+
+def test_generation_row_reads_the_generators_gpu_timing(monkeypatch):
+    # on CUDA, FastGenerator.last_stats carries CUDA-event times of its phases; the row averages them
+    # (a stand-in generator here: this machine has no GPU to produce them)
+    import torch
+
+    from unisd import bench
+
+    class Timed:
+        def __init__(self):
+            self.calls = 0
+
+        def generate(self, model, prompts, params, **kw):
+            self.calls += 1
+            steps = params.max_new_tokens - 1
+            self.last_stats = {"steps": steps, "prefill_ms": 10.0 * self.calls, "decode_ms": 2.0 * steps}
+            return [[1] * params.max_new_tokens for _ in prompts]
+
+    monkeypatch.setattr(bench, "_generator", lambda name: Timed())
+    row = bench.bench_generation(None, [[1, 2]] * 4, backend="fast", new_tokens=9, pad_id=0,
+                                 device=torch.device("cpu"), bound_step_s=1e-3)
+    assert row["gpu_decode_step_s"] == 2e-3
+    assert row["gpu_prefill_s"] == (0.030 + 0.040) / 2  # the two timed calls (3rd and 4th)
