@@ -4,11 +4,13 @@ Measured on the device this runs on, in this order:
 1. ceilings: the dense matmul rate (bf16 4096^3 on CUDA, float32 1024^3 on CPU; the dtype is
    recorded) and the device copy bandwidth (read + write bytes of one large `copy_`);
 2. generation: tokens/s of the "fast" backend (on CUDA with fused projections; "fast_unfused":
-   without them; "fast_graph_prefill": with the prompt pass in a CUDA graph) and of HF `generate` with its default and its static cache, greedy, every row
-   forced to decode `new_tokens` (no EOS ids), on the configured task's student chat prompts (so
-   prompt lengths are realistic), timed after a warm-up call. A second,
-   one-token call times the prefill; the rest, divided by the decode steps, is set against the
-   weight-bandwidth bound (bytes of the weights one step reads / measured copy bandwidth);
+   without them; "fast_graph_prefill": with the prompt pass in a CUDA graph) and of HF `generate`
+   with its default and its static cache, greedy, every row forced to decode `new_tokens` (no EOS
+   ids), on the configured task's student chat prompts (so prompt lengths are realistic), timed
+   after two warm-up calls (fast rows on CUDA also keep the generator's own CUDA-event timing of
+   prompt pass and decode steps). A one-token call times the prefill; the rest, divided by the
+   decode steps, is set against the weight-bandwidth bound (bytes of the weights one step reads /
+   measured copy bandwidth);
 3. training: `steps` steps of the configured recipe through `training.loop.train` (eval off, at most
    `new_tokens` sampled per row); step 1 (compilation, graph capture) is dropped when there are
    more. Each step is split into generate / teacher scoring / student forward+backward / optimizer,
@@ -128,7 +130,8 @@ def _generator(name: str):
     from unisd.generation.hf import HFGenerator
 
     if name.startswith("fast"):
-        return FastGenerator(fuse=False if name == "fast_unfused" else None, graph_prefill=name == "fast_graph_prefill")
+        return FastGenerator(fuse=False if name == "fast_unfused" else None,
+                             graph_prefill=name == "fast_graph_prefill")
     return HFGenerator(cache_implementation="static" if name == "hf_static" else None)
 
 

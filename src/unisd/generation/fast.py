@@ -67,6 +67,13 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
+def _reset_write_counters(cache: Any) -> None:
+    """Point every initialised layer of a StaticCache back at slot 0 (its next write starts there)."""
+    for layer in cache.layers:
+        if layer.is_initialized:
+            layer.cumulative_length.zero_()
+
+
 def batch_bucket(n: int, min_bucket: int) -> int:
     """Rows a batch of `n` is padded to: a power of two up to 64, then a multiple of 64."""
     n = max(n, min_bucket)
@@ -250,6 +257,12 @@ class _Workspace:
     def rows(self, n: int) -> _Rows:
         return self.full if n == self.batch else self.views[n]
 
+    def graph_pool(self) -> Any:
+        """`pool`, created on first use."""
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        return self.pool
+
     def state(self) -> list[torch.Tensor]:
         """The tensors a step mutates besides the KV cache contents."""
         f = self.full
@@ -362,7 +375,7 @@ class FastGenerator:
     def _fused_projections(self) -> Iterator[None]:
         """Decode through `DecodeWeights` (refreshed from the current weights), when enabled."""
         weights = self._weights
-        if weights is None or not weights:
+        if not weights:  # None, or a model without projections to fuse
             yield
             return
         weights.refresh()
@@ -497,9 +510,7 @@ class FastGenerator:
 
         # reset the shared state and load the prompts
         f = ws.full
-        for layer in f.cache.layers:
-            if layer.is_initialized:
-                layer.cumulative_length.zero_()
+        _reset_write_counters(f.cache)
         f.mask.zero_()
         f.mask[:, :width] = prompt_mask
         f.out.fill_(pad)
@@ -516,11 +527,11 @@ class FastGenerator:
         # prefill: HF builds the causal + padding mask from the 2D prompt mask
         self._timer.start("prefill_ms")
         positions = position_ids_from_mask(prompt_mask)
+        kwargs = {self._cache_kw: f.cache, **self._logits_kw}
         if self.graph_prefill and self._use_graph:
-            logits = self._graphed_prefill(ws, input_ids, prompt_mask, positions)
+            logits = self._graphed_prefill(ws, kwargs, input_ids, prompt_mask, positions)
         else:
-            logits = self._prefill_logits(base, {self._cache_kw: f.cache, **self._logits_kw}, input_ids,
-                                          prompt_mask, positions)
+            logits = self._prefill_logits(base, kwargs, input_ids, prompt_mask, positions)
         f.positions.copy_(positions[:, -1:])
         self._mark_dynamic(f)
         _record_tokens(logits, mode, f.tokens, f.finished, f.out, ws.step, ws.eos, ws.pad, ws.temperature,
@@ -575,10 +586,9 @@ class FastGenerator:
             self._prefill = _forward_last_logits
             return self._prefill(base, cache_kwargs, input_ids, mask, positions)
 
-    def _graphed_prefill(self, ws: _Workspace, input_ids: torch.Tensor, mask: torch.Tensor,
-                         positions: torch.Tensor) -> torch.Tensor:
+    def _graphed_prefill(self, ws: _Workspace, kwargs: dict[str, Any], input_ids: torch.Tensor,
+                         mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The prompt pass replayed from this width's graph (captured on first use)."""
-        kwargs = {self._cache_kw: ws.full.cache, **self._logits_kw}
         entry = ws.prefills.get(input_ids.shape[1])
         if entry is None:
             if not all(layer.is_initialized for layer in ws.full.cache.layers):
@@ -600,23 +610,15 @@ class FastGenerator:
         advances its write counters, which are reset after (the replay writes the same slots)."""
         device = input_ids.device
         inputs = [input_ids.clone(), mask.clone(), positions.clone()]
-
-        def reset_cache_counters() -> None:
-            for layer in ws.full.cache.layers:
-                if layer.is_initialized:
-                    layer.cumulative_length.zero_()
-
         try:
             stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(stream):
                 self._prefill_logits(self._base, kwargs, *inputs)
             torch.cuda.current_stream(device).wait_stream(stream)
-            reset_cache_counters()
+            _reset_write_counters(ws.full.cache)
             graph = torch.cuda.CUDAGraph()
-            if ws.pool is None:
-                ws.pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=ws.pool):
+            with torch.cuda.graph(graph, pool=ws.graph_pool()):
                 logits = self._prefill_logits(self._base, kwargs, *inputs)
         except Exception as err:  # noqa: BLE001 - e.g. a host sync inside the forward: stay uncaptured
             import warnings
@@ -624,9 +626,9 @@ class FastGenerator:
             warnings.warn(f"capturing the prompt pass in a CUDA graph failed ({type(err).__name__}: {err}); "
                           "prefilling without a graph", stacklevel=4)
             self.graph_prefill = False
-            reset_cache_counters()
+            _reset_write_counters(ws.full.cache)
             return None
-        reset_cache_counters()
+        _reset_write_counters(ws.full.cache)
         self.last_stats["graphs_captured"] += 1
         return _PrefillGraph(*inputs, logits=logits, graph=graph)
 
@@ -677,9 +679,7 @@ class FastGenerator:
                     restore()
             torch.cuda.current_stream(device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            if ws.pool is None:
-                ws.pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=ws.pool):
+            with torch.cuda.graph(graph, pool=ws.graph_pool()):
                 self._step_once(ws, rows, mode)
         restore()
         self.last_stats["graphs_captured"] += 1
