@@ -76,6 +76,8 @@ def main() -> None:
                     help="skip the HF baselines (measured in an earlier run)")
     ap.add_argument("--skip-parity", action="store_true", help="skip the float32 greedy parity section")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model, to dry-run this script on CPU")
+    ap.add_argument("--sections", nargs="+", metavar="NAME",
+                    help="run only these sections, in this script's order (names as printed)")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +93,8 @@ def main() -> None:
         (out_dir / "generation_h200.json").write_text(json.dumps(res, indent=2))
 
     def section(name, fn) -> None:
+        if args.sections and name not in args.sections:
+            return
         if time.perf_counter() - t_start > args.budget_s:
             res["errors"][name] = "skipped: time budget"
             print(f"[{name}] skipped (budget)", flush=True)
@@ -222,7 +226,13 @@ def main() -> None:
         section("hf_static_b64",
                 lambda: run_hf("hf_static_cache_b64", HFGenerator(cache_implementation="static"), 2))
     # FlexAttention's decoding kernel for the one-token attention (cuDNN's takes ~13 us per layer)
-    section("fast_attn_flex_b64", lambda: run_ours("fast_attn_flex_b64", fast(attention=["flex"]), 64, reps=3))
+    flex = fast(attention=["flex"])
+    section("fast_attn_flex_b64", lambda: run_ours("fast_attn_flex_b64", flex, 64, reps=3))
+    # inductor's autotuned GEMMs (Triton templates against cuBLAS, pointwise tails fused into them)
+    autotune = dict(compile_mode="max-autotune-no-cudagraphs")
+    section("fast_autotune_b64", lambda: run_ours("fast_autotune_b64", fast(**autotune), 64, reps=3))
+    section("fast_autotune_flex_b64", lambda: run_ours("fast_autotune_flex_b64", fast(
+        attention=["flex"], graph_prefill=True, **autotune), 64, reps=4))
     # variants of the decode step (measured 2026-11-29: docs/benchmarks.md), each against the default's
     # decode_step_ms; tok/s also moves with the eager prompt pass, which varies from run to run
     variants = {"fast_unfused_b64": dict(fuse=False),                   # q/k/v, gate/up as separate GEMMs
@@ -251,8 +261,8 @@ def main() -> None:
     # two runs with the same cache length, their difference per step
     width = max(len(p) for p in prompts64)
     short_new = max(1, min(args.new - 16, 129 - width))
-    def profile_decode() -> None:
-        gen = default  # same compiled step (no recompile), stepped without the graph so kernels show
+    def profile_decode(gen: FastGenerator, key: str) -> None:
+        # the same compiled step as a row above (no recompile), stepped without the graph so kernels show
         gen.cuda_graph = False
         from torch.profiler import ProfilerActivity, profile
 
@@ -276,15 +286,16 @@ def main() -> None:
         per = {k: v for k, v in per.items() if v[1] > 0}
         total_us = sum(v[1] for v in per.values())
         top = sorted(per.items(), key=lambda kv: -kv[1][1])[:20]
-        res["decode_step_profile_b64"] = {
+        res[key] = {
             "note": "per decode step, batch 64, compiled forward without CUDA graph; "
                     "device time per kernel name",
             "kernel_time_us": round(total_us, 1),
             "kernel_launches": round(sum(v[0] for v in per.values()), 1),
             "top": [{"name": k[:120], "calls": round(v[0], 2), "us": round(v[1], 2)} for k, v in top]}
-        print(json.dumps(res["decode_step_profile_b64"], indent=1)[:3000], flush=True)
+        print(json.dumps(res[key], indent=1)[:3000], flush=True)
 
-    section("decode_step_profile_b64", profile_decode)
+    section("decode_step_profile_b64", lambda: profile_decode(default, "decode_step_profile_b64"))
+    section("decode_step_profile_flex_b64", lambda: profile_decode(flex, "decode_step_profile_flex_b64"))
 
     # ----- memory-bandwidth bound: every step reads all weights once (plus the KV cache) ----------
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

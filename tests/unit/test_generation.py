@@ -586,3 +586,29 @@ def test_flex_decode_equals_sdpa_on_one_step():
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=0.3)
     for mask in (keep, torch.zeros(()).masked_fill(~keep, float("-inf"))):  # boolean and additive
         torch.testing.assert_close(flex_decode(q, k, v, mask, 0.3), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_mode_is_checked():
+    with pytest.raises(ValueError, match="unknown compile_mode"):
+        FastGenerator(compile_mode="fastest")
+    with pytest.raises(ValueError, match="captures CUDA graphs of its own"):
+        FastGenerator(compile_mode="reduce-overhead")
+    FastGenerator(compile_mode="reduce-overhead", cuda_graph=False)
+
+
+@needs_cxx
+def test_compile_mode_reaches_torch_compile(model, prompts, stop_token, monkeypatch):
+    modes = []
+    real = torch.compile
+
+    def spy(fn, **kwargs):
+        modes.append(kwargs.get("mode"))
+        return real(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch._dynamo.reset()
+    gen = fast_gen(compile=True, compile_prefill=True, compile_mode="max-autotune-no-cudagraphs")
+    out = gen.generate(model, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD)
+    assert out == naive_greedy(model, prompts, 16, eos=[stop_token])
+    assert modes == ["max-autotune-no-cudagraphs"] * 2  # the step and the prompt pass
+    torch._dynamo.reset()

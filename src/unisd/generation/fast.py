@@ -300,13 +300,18 @@ class FastGenerator:
         attention: SDPA backends the one-token decode attention of an "sdpa" model with grouped KV heads
             may use ("flash", "efficient", "cudnn", "math"; math stays allowed as the fallback), or
             ["flex"]: FlexAttention (its decoding kernel when compiled). None: torch's own choice.
+        compile_mode: torch.compile's `mode` for the step and the prompt pass (None: its default). The
+            step is graphed by this class, so give a mode without CUDA graphs, e.g.
+            "max-autotune-no-cudagraphs" (inductor benchmarks Triton GEMM templates against cuBLAS and
+            may fuse the pointwise tails into them; a longer compile).
     """
 
     def __init__(self, *, compile: bool | None = None, cuda_graph: bool | None = None, check_every: int = 8,
                  compact: bool = True, min_bucket: int = 8, cache_len_multiple: int = 128,
                  max_batch: int | None = None, max_workspaces: int = 4, fuse: bool | None = None,
                  compile_step: bool = True, compile_prefill: bool = False, graph_prefill: bool = False,
-                 prefill_width_multiple: int = 32, attention: Sequence[str] | None = None):
+                 prefill_width_multiple: int = 32, attention: Sequence[str] | None = None,
+                 compile_mode: str | None = None):
         if check_every < 1 or min_bucket < 1 or cache_len_multiple < 1 or prefill_width_multiple < 1:
             raise ValueError("check_every, min_bucket, cache_len_multiple and prefill_width_multiple must be >= 1")
         unknown = sorted(set(attention or ()) - set(SDPA_BACKENDS))
@@ -314,7 +319,14 @@ class FastGenerator:
             raise ValueError(f"unknown attention backend(s) {unknown}; choose from {sorted(SDPA_BACKENDS)}")
         if "flex" in (attention or ()) and len(set(attention)) > 1:
             raise ValueError(f"attention 'flex' (FlexAttention) replaces SDPA: give it alone, got {list(attention)}")
+        if compile_mode is not None and compile_mode not in ("default", "reduce-overhead", "max-autotune",
+                                                              "max-autotune-no-cudagraphs"):
+            raise ValueError(f"unknown compile_mode {compile_mode!r}")
+        if compile_mode in ("reduce-overhead", "max-autotune") and cuda_graph is not False:
+            raise ValueError(f"compile_mode {compile_mode!r} captures CUDA graphs of its own; this class graphs "
+                             "the step itself: use 'max-autotune-no-cudagraphs' (or cuda_graph=False)")
         self.compile = compile
+        self.compile_mode = compile_mode
         self.compile_step = compile_step
         self.compile_prefill = compile_prefill
         self.graph_prefill = graph_prefill
@@ -427,12 +439,13 @@ class FastGenerator:
             for name in ("recompile_limit", "cache_size_limit"):
                 if hasattr(dynamo, name):
                     setattr(dynamo, name, max(getattr(dynamo, name), 64))
+            mode = self.compile_mode
             if self.compile_step:
-                self._step = torch.compile(_decode_step)
+                self._step = torch.compile(_decode_step, mode=mode)
             else:
-                self._forward = torch.compile(_forward_last_logits)
+                self._forward = torch.compile(_forward_last_logits, mode=mode)
             if self.compile_prefill:
-                self._prefill = torch.compile(_prefill_last_logits, dynamic=True)
+                self._prefill = torch.compile(_prefill_last_logits, dynamic=True, mode=mode)
             self._compiled = True
         self._use_graph = on_cuda if self.cuda_graph is None else (self.cuda_graph and on_cuda)
         self._base = base
