@@ -141,7 +141,9 @@ def main() -> None:
         entry = {"prompts": 32, "max_new_tokens": 64, "eos": stops,
                  "rows_stopped_early": sum(len(r) < 64 for r in hf)}
         compiled = FastGenerator(compile=on_cuda or None)
-        for name, gen in (("compiled_graph", compiled), ("eager_graph", FastGenerator(compile=False))):
+        triton = FastGenerator(compile=on_cuda or None, attention=["triton"])
+        for name, gen in (("compiled_graph", compiled), ("compiled_graph_triton_attention", triton),
+                          ("eager_graph", FastGenerator(compile=False))):
             t0 = time.perf_counter()
             ours = gen.generate(model, prompts, params, eos_token_ids=stops, pad_token_id=pad)
             entry[name] = {"identical_rows": sum(a == b for a, b in zip(ours, hf)),
@@ -228,6 +230,11 @@ def main() -> None:
     # FlexAttention's decoding kernel for the one-token attention (cuDNN's takes ~13 us per layer)
     flex = fast(attention=["flex"])
     section("fast_attn_flex_b64", lambda: run_ours("fast_attn_flex_b64", flex, 64, reps=3))
+    # unisd's Triton kernel for the one-token attention (unisd.generation.triton_attention)
+    tri = fast(attention=["triton"])
+    section("fast_attn_triton_b64", lambda: run_ours("fast_attn_triton_b64", tri, 64, reps=5))
+    section("fast_triton_graph_prefill_b64", lambda: run_ours("fast_triton_graph_prefill_b64", fast(
+        attention=["triton"], graph_prefill=True), 64, reps=5))
     # inductor's autotuned GEMMs (Triton templates against cuBLAS, pointwise tails fused into them)
     autotune = dict(compile_mode="max-autotune-no-cudagraphs")
     section("fast_autotune_b64", lambda: run_ours("fast_autotune_b64", fast(**autotune), 64, reps=3))
@@ -296,6 +303,7 @@ def main() -> None:
 
     section("decode_step_profile_b64", lambda: profile_decode(default, "decode_step_profile_b64"))
     section("decode_step_profile_flex_b64", lambda: profile_decode(flex, "decode_step_profile_flex_b64"))
+    section("decode_step_profile_triton_b64", lambda: profile_decode(tri, "decode_step_profile_triton_b64"))
 
     # ----- memory-bandwidth bound: every step reads all weights once (plus the KV cache) ----------
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

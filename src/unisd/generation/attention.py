@@ -4,7 +4,8 @@
 one-token decoding with grouped KV heads and a padding mask, where the query heads that share a KV
 head are laid along SDPA's query-length axis instead of HF materialising K/V per query head. Which
 kernel runs that attention can be chosen per call (`decode_backends`): torch's SDPA choice, a
-restricted set of SDPA backends, or FlexAttention (`flex_decode`).
+restricted set of SDPA backends, FlexAttention (`flex_decode`) or a Triton kernel
+(`unisd.generation.triton_attention`; SDPA where Triton cannot run).
 
 Not here: the decode loop, caches and graphs (`unisd.generation.fast`), the fused projections
 (`unisd.generation.fused`).
@@ -16,6 +17,8 @@ import contextlib
 from typing import Iterator, Sequence
 
 import torch
+
+from unisd.generation import triton_attention
 
 GROUPED_SDPA = "unisd_grouped_sdpa"
 """Attention implementation name FastGenerator switches "sdpa" models to while it decodes."""
@@ -49,9 +52,12 @@ def register_grouped_sdpa() -> None:
                                           scaling=scaling, is_causal=is_causal, **kwargs)
         # query head h uses KV head h // G (HF's repeat_kv order), so [B, H, 1, D] -> [B, H_kv, G, D]
         grouped = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-        if _DECODE_BACKENDS == ("flex",):  # a module global: torch.compile guards on it, so a new choice retraces
+        # _DECODE_BACKENDS is a module global: torch.compile guards on it, so a new choice retraces
+        if _DECODE_BACKENDS == ("triton",) and triton_attention.available(query.device):
+            out = triton_attention.decode_attention(grouped, key, value, attention_mask, scaling)
+        elif _DECODE_BACKENDS == ("flex",):
             out = flex_decode(grouped, key, value, attention_mask, scaling)
-        elif _DECODE_BACKENDS:
+        elif _DECODE_BACKENDS and _DECODE_BACKENDS != ("triton",):  # (Triton missing: torch's choice)
             from torch.nn.attention import sdpa_kernel
 
             with sdpa_kernel(list(_DECODE_BACKENDS)):
@@ -91,10 +97,12 @@ def grouped_attention(base: torch.nn.Module) -> Iterator[None]:
         config._attn_implementation = "sdpa"
 
 
-SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math", "flex")
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math", "flex", "triton")
+STANDALONE_BACKENDS = ("flex", "triton")
+"""Backends that replace SDPA, given alone."""
 _DECODE_BACKENDS: tuple = ()
 """SDPA backends (torch.nn.attention.SDPBackend) the one-token decode attention may use, or ("flex",)
-for FlexAttention; () leaves the choice to torch. Set by `decode_backends` while a FastGenerator
+for FlexAttention, or ("triton",) for the Triton kernel; () leaves the choice to torch. Set by `decode_backends` while a FastGenerator
 decodes."""
 
 
@@ -125,8 +133,9 @@ def decode_backends(names: Sequence[str] | None) -> Iterator[None]:
         return
     from torch.nn.attention import SDPBackend
 
-    if "flex" in names:  # alone (checked by FastGenerator)
-        chosen: tuple = ("flex",)
+    standalone = [n for n in names if n in STANDALONE_BACKENDS]
+    if standalone:  # alone (checked by FastGenerator)
+        chosen: tuple = (standalone[0],)
     else:
         enum = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}

@@ -56,7 +56,7 @@ import torch
 
 from unisd.generation._util import (check_params, cut_at_eos, left_pad, model_device, position_ids_from_mask,
                                     seeded, unwrap_model)
-from unisd.generation.attention import SDPA_BACKENDS, decode_backends, grouped_attention
+from unisd.generation.attention import SDPA_BACKENDS, STANDALONE_BACKENDS, decode_backends, grouped_attention
 from unisd.generation.base import SamplingParams
 from unisd.generation.fused import DecodeWeights
 
@@ -299,7 +299,9 @@ class FastGenerator:
         prefill_width_multiple: prompt widths are rounded up to this with `graph_prefill`.
         attention: SDPA backends the one-token decode attention of an "sdpa" model with grouped KV heads
             may use ("flash", "efficient", "cudnn", "math"; math stays allowed as the fallback), or
-            ["flex"]: FlexAttention (its decoding kernel when compiled). None: torch's own choice.
+            ["flex"]: FlexAttention (its decoding kernel when compiled), or ["triton"]: unisd's Triton
+            kernel (`unisd.generation.triton_attention`; SDPA where Triton is missing). None: torch's
+            own choice.
         compile_mode: torch.compile's `mode` for the step and the prompt pass (None: its default). The
             step is graphed by this class, so give a mode without CUDA graphs, e.g.
             "max-autotune-no-cudagraphs" (inductor benchmarks Triton GEMM templates against cuBLAS and
@@ -317,8 +319,9 @@ class FastGenerator:
         unknown = sorted(set(attention or ()) - set(SDPA_BACKENDS))
         if unknown:
             raise ValueError(f"unknown attention backend(s) {unknown}; choose from {sorted(SDPA_BACKENDS)}")
-        if "flex" in (attention or ()) and len(set(attention)) > 1:
-            raise ValueError(f"attention 'flex' (FlexAttention) replaces SDPA: give it alone, got {list(attention)}")
+        alone = [n for n in attention or () if n in STANDALONE_BACKENDS]
+        if alone and len(set(attention)) > 1:
+            raise ValueError(f"attention {alone[0]!r} replaces SDPA: give it alone, got {list(attention)}")
         if compile_mode is not None and compile_mode not in ("default", "reduce-overhead", "max-autotune",
                                                               "max-autotune-no-cudagraphs"):
             raise ValueError(f"unknown compile_mode {compile_mode!r}")

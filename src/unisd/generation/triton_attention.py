@@ -1,0 +1,115 @@
+"""A Triton kernel for the one-token decode attention with grouped KV heads (`attention=["triton"]`).
+
+At batch 64 on an H200, cuDNN's SDPA kernel took about 13 us per layer for this attention (a third
+of SmolLM2's 1.4 ms decode step), most of it launch and tile overhead: its 64-row query tiles hold
+3 query rows, and every step reads the whole static cache. This kernel runs one program per
+(row, KV head): the query heads that share the KV head are the rows of one small dot product, the
+cache is read in blocks with an online softmax, and blocks the mask hides entirely (the static
+cache's unwritten tail, a long left padding) are skipped without reading K or V.
+
+`decode_attention` is a `torch.library.triton_op`, so torch.compile places the kernel inside the
+compiled decode step (and its CUDA graph) instead of breaking the graph. Without Triton (the CPU
+wheel of torch) `available()` is False and callers keep SDPA. With `TRITON_INTERPRET=1` set before
+this module is imported, the kernel runs on CPU tensors through Triton's interpreter (how the tests
+check it; far too slow for real decoding). Not here: when the kernel is used (`unisd.generation.
+attention`), the decode loop (`unisd.generation.fast`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+    from torch.library import triton_op, wrap_triton
+except ImportError:  # the CPU wheel of torch comes without Triton
+    triton = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available(device: torch.device) -> bool:
+    """Can the kernel run on tensors of `device`? (CUDA with Triton, or Triton's CPU interpreter.)"""
+    if triton is None:
+        return False
+    return device.type == "cuda" or (INTERPRET and device.type == "cpu")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _grouped_decode_kernel(Q, K, V, Bias, Out, scale,
+                               sqb, sqh, sqg, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sbb, sbl,
+                               sob, soh, sog, sod,
+                               L: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                               BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_n = tl.arange(0, BLOCK_N)
+        g_ok = offs_g < G
+        d_ok = offs_d < D
+        q = tl.load(Q + b * sqb + h * sqh + offs_g[:, None] * sqg + offs_d[None, :] * sqd,
+                    mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+        if UPCAST:  # float32 inputs: exact float32 products (the default would round to TF32)
+            q = q.to(tl.float32)
+        m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+        for start in range(0, L, BLOCK_N):  # L: the static cache length, a few values per run
+            n = start + offs_n
+            n_ok = n < L
+            bias = tl.load(Bias + b * sbb + n * sbl, mask=n_ok, other=float("-inf")).to(tl.float32)
+            if tl.max(bias, axis=0) > float("-inf"):  # else the mask hides the whole block: skip its K/V
+                k = tl.load(K + b * skb + h * skh + n[:, None] * skl + offs_d[None, :] * skd,
+                            mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+                if UPCAST:
+                    k = k.to(tl.float32)
+                s = tl.dot(q, tl.trans(k), input_precision="ieee" if UPCAST else None) * scale + bias[None, :]
+                m_new = tl.maximum(m_i, tl.max(s, axis=1))
+                alpha = tl.exp(m_i - m_new)  # m_i = -inf on a row's first visible block: alpha 0
+                p = tl.exp(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                v = tl.load(V + b * svb + h * svh + n[:, None] * svl + offs_d[None, :] * svd,
+                            mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+                if UPCAST:
+                    v = v.to(tl.float32)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee" if UPCAST else None)
+                m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(Out + b * sob + h * soh + offs_g[:, None] * sog + offs_d[None, :] * sod,
+                 out.to(Out.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
+
+    @triton_op("unisd::grouped_decode_attention", mutates_args=())
+    def _grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
+                                  scale: float) -> torch.Tensor:
+        batch, kv_heads, groups, head_dim = query.shape
+        out = torch.empty_like(query)
+        block_d = triton.next_power_of_2(head_dim)
+        wrap_triton(_grouped_decode_kernel)[(batch, kv_heads)](
+            query, key, value, bias, out, scale,
+            *query.stride(), *key.stride(), *value.stride(), *bias.stride(), *out.stride(),
+            L=key.shape[2], G=groups, D=head_dim, BLOCK_G=max(16, triton.next_power_of_2(groups)), BLOCK_D=block_d,
+            BLOCK_N=64, UPCAST=query.dtype == torch.float32, num_warps=4)
+        return out
+
+
+def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """softmax(q·kᵀ·scale + mask)·v for one query token per row, the query heads grouped per KV head.
+
+    query [B, H_kv, G, D]; key, value [B, H_kv, L, D]; mask [B, 1, 1, L] (additive float, or boolean:
+    True = attend), as SDPA takes it. Returns [B, H_kv, G, D] in the query's dtype. Every row must
+    see at least one position (as a decoding row always sees its own token).
+    """
+    if triton is None:
+        raise RuntimeError("the Triton decode attention needs Triton (the CPU wheel of torch has none)")
+    if mask.dtype == torch.bool:
+        mask = torch.zeros((), dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    bias = mask.reshape(mask.shape[0], mask.shape[-1]).expand(query.shape[0], key.shape[2])
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    return _grouped_decode_attention(query, key, value, bias, float(scale))
