@@ -69,7 +69,9 @@ if triton is not None:
                             mask=n_ok[:, None] & d_ok[None, :], other=0.0)
                 if UPCAST:
                     k = k.to(tl.float32)
-                s = tl.dot(q, tl.trans(k), input_precision="ieee" if UPCAST else None) * scale + bias[None, :]
+                s = tl.dot(q, tl.trans(k), input_precision="ieee" if UPCAST else None)
+                # float32 throughout (inside a compiled graph the scale can arrive as a float64 scalar)
+                s = (s * scale).to(tl.float32) + bias[None, :]
                 m_new = tl.maximum(m_i, tl.max(s, axis=1))
                 alpha = tl.exp(m_i - m_new)  # m_i = -inf on a row's first visible block: alpha 0
                 p = tl.exp(s - m_new[:, None])
