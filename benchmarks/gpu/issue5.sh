@@ -2,8 +2,8 @@
 # Issue 5 measurements, run from the repo root after benchmarks/gpu/setup.sh. Each argument is a
 # job and the GPUs it gets (JOB@GPUS); jobs on different GPUs run in parallel, jobs named for the
 # same GPUs one after the other:
-#   gen@G      generation_bench.py: the default fast generator, the prompt pass in a CUDA graph
-#              (graph_prefill), a LoRA-wrapped student, batch 64-512, HF default and static caches,
+#   gen@G      generation_bench.py: the default fast generator, a LoRA-wrapped student,
+#              batch 64-512, HF default and static caches,
 #              then the variants measured on 2026-11-29 (random SmolLM2-135M architecture)
 #   mem@G      trl_compare.py, unisd side only, with rollout.release_memory (eager, then with
 #              model.compile): peak memory against TRL's, measured in the same settings

@@ -3,8 +3,9 @@
 Measured on the device this runs on, in this order:
 1. ceilings: the dense matmul rate (bf16 4096^3 on CUDA, float32 1024^3 on CPU; the dtype is
    recorded) and the device copy bandwidth (read + write bytes of one large `copy_`);
-2. generation: tokens/s of the "fast" backend (on CUDA with fused projections; "fast_unfused":
-   without them; "fast_graph_prefill": with the prompt pass in a CUDA graph) and of HF `generate`
+2. generation: tokens/s of the "fast" backend (its defaults: on CUDA fused projections, the Triton
+   decode attention, the prompt pass in a CUDA graph; "fast_unfused": without fused projections;
+   "fast_sdpa": torch's SDPA attention and the eager prompt pass) and of HF `generate`
    with its default and its static cache, greedy, every row forced to decode `new_tokens` (no EOS
    ids), on the configured task's student chat prompts (so prompt lengths are realistic), timed
    after two warm-up calls (fast rows on CUDA also keep the generator's own CUDA-event timing of
@@ -48,7 +49,7 @@ MFU_FORMULA = (
     "through the decoder; S: completion tokens through the LM head (heads run on completion positions "
     "only); step_s includes generation, whose FLOPs are not counted; attention score FLOPs and "
     "gradient-checkpointing recompute are not counted.")
-BACKENDS = ("fast", "fast_unfused", "fast_graph_prefill", "hf", "hf_static")
+BACKENDS = ("fast", "fast_unfused", "fast_sdpa", "hf", "hf_static")
 
 
 def _sync(device: torch.device) -> None:
@@ -130,8 +131,9 @@ def _generator(name: str):
     from unisd.generation.hf import HFGenerator
 
     if name.startswith("fast"):
-        return FastGenerator(fuse=False if name == "fast_unfused" else None,
-                             graph_prefill=name == "fast_graph_prefill")
+        if name == "fast_sdpa":  # the defaults before 2026-11-29
+            return FastGenerator(attention=[], graph_prefill=False)
+        return FastGenerator(fuse=False if name == "fast_unfused" else None)
     return HFGenerator(cache_implementation="static" if name == "hf_static" else None)
 
 
@@ -148,7 +150,7 @@ def bench_generation(model, prompts: list[list[int]], *, backend: str, new_token
                       device)
 
     warmup = run(new_tokens)  # compiles and captures graphs (fast, static)
-    run(new_tokens)  # fast_graph_prefill captures its prompt pass on the second call of a shape
+    run(new_tokens)  # the fast backend captures its prompt pass on the second call of a shape
     times, phases = [], []
     for _ in range(2):
         times.append(run(new_tokens))

@@ -25,7 +25,7 @@ def test_bench_writes_every_section(tiny_model_dir, tmp_path, capsys):
     assert res["config"]["data"]["task"] == "arithmetic"
 
     gen = {r["backend"]: r for r in res["generation"]}
-    assert set(gen) == {"fast", "fast_unfused", "fast_graph_prefill", "hf", "hf_static"}
+    assert set(gen) == {"fast", "fast_unfused", "fast_sdpa", "hf", "hf_static"}
     for name in ("fast", "hf"):  # the static cache may fail on CPU; then its error is recorded
         r = gen[name]
         assert r["error"] is None and r["batch"] == 4 and r["tokens_per_s"] > 0

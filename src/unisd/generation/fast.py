@@ -32,14 +32,14 @@ is switched to `GROUPED_SDPA` (`unisd.generation.attention`), which avoids HF
 materialising K/V per query head at every step; the model's config is restored afterwards.
 
 Cost and speed (H200, SmolLM2-135M architecture, bf16, batch 64 x 128 new tokens, 2026-11-29;
-benchmarks/results/generation_h200_2/, docs/benchmarks.md): the first call per dtype compiles
-the step (about 50 s); then 38k tok/s (HF generate: 2.3k default cache, 15k static): 1.41 ms per
-decode step, bound by kernel count rather than memory bandwidth. Of that, `fuse` (q/k/v and gate/up
-read through one GEMM each, `unisd.generation.fused`; default on CUDA) saves 0.31 ms per step
-(1.73 ms unfused) and compiling sampling into the step 0.03 ms. The eager prompt pass costs about
-30 ms per call (15% of it); `compile_prefill` cuts that to 12 ms but its compile (dynamic batch and
-width) takes about two minutes, so it is off by default. `graph_prefill` (off by default, not yet
-measured) instead captures the eager prompt pass in a CUDA graph per (batch, width) bucket.
+benchmarks/results/generation_h200_3/, docs/benchmarks.md): the first call per dtype compiles
+the step (about 75 s); then 48k tok/s (HF generate the same day: 1.4-2.3k default cache, 14-16k
+static): 1.21 ms per decode step, bound by kernel count rather than memory bandwidth, a 10 ms prompt
+pass and 7 ms of host time. `fuse` (q/k/v and gate/up read through one GEMM each,
+`unisd.generation.fused`; default on CUDA) saves 0.31 ms per step, the Triton decode attention
+(`unisd.generation.triton_attention`; default where Triton runs) 0.21 ms, and `graph_prefill`
+(the eager prompt pass captured in a CUDA graph per (batch, width) bucket; default on CUDA) about
+40 ms per call. `compile_prefill` (12 ms, but a two-minute compile) stays off.
 
 Shapes: B batch rows (bucketed), P prompt width, L cache length, T max new tokens, V vocabulary.
 """
@@ -56,6 +56,7 @@ import torch
 
 from unisd.generation._util import (check_params, cut_at_eos, left_pad, model_device, position_ids_from_mask,
                                     seeded, unwrap_model)
+from unisd.generation import triton_attention
 from unisd.generation.attention import SDPA_BACKENDS, STANDALONE_BACKENDS, decode_backends, grouped_attention
 from unisd.generation.base import SamplingParams
 from unisd.generation.fused import DecodeWeights
@@ -194,16 +195,25 @@ def _sampling_mode(params: SamplingParams) -> str:
     return "sample" if params.top_p >= 1 else "top_p"
 
 
-def _adapter_state(base: torch.nn.Module) -> tuple:
-    """On/off, active names and merged flag of every peft adapter layer: the graph bakes these in."""
-    state = []
-    for m in base.modules():
-        active = getattr(m, "active_adapters", None)  # a property on peft layers (a method on HF models)
-        if active is None or callable(active):
+def _model_state(base: torch.nn.Module) -> tuple:
+    """What the captured graphs bake in: every parameter's memory, dtype and shape, and the on/off,
+    active names and merged flag of every peft adapter layer. One walk over `_modules` (what
+    `parameters()` and `modules()` walk too, without their generator layers: those two took ~6 ms of
+    host time per call for SmolLM2's 800 modules)."""
+    params, adapters = [], []
+    stack, seen = [base], set()
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
             continue
-        state.append((bool(getattr(m, "disable_adapters", False)), tuple(active),
-                      bool(getattr(m, "merged", False))))
-    return tuple(state)
+        seen.add(id(m))
+        params.extend((p.data_ptr(), p.dtype, p.shape) for p in m._parameters.values() if p is not None)
+        active = getattr(m, "active_adapters", None)  # a property on peft layers (a method on HF models)
+        if active is not None and not callable(active):
+            adapters.append((bool(getattr(m, "disable_adapters", False)), tuple(active),
+                             bool(getattr(m, "merged", False))))
+        stack.extend(c for c in reversed(m._modules.values()) if c is not None)
+    return tuple(params), tuple(adapters)
 
 
 # ----- per-shape state ---------------------------------------------------------------------------
@@ -294,14 +304,14 @@ class FastGenerator:
             batch 64; off by default for that compile time).
         graph_prefill: on CUDA, capture the prompt pass in a CUDA graph per prompt width (widths
             rounded up to `prefill_width_multiple`; more left padding, masked out), replayed instead
-            of HF's Python-bound eager forward. Falls back to the plain prompt pass, with a warning,
-            if capturing fails.
+            of HF's Python-bound eager forward (default: whenever the decode step is graphed, i.e. on
+            CUDA). Falls back to the plain prompt pass, with a warning, if capturing fails.
         prefill_width_multiple: prompt widths are rounded up to this with `graph_prefill`.
         attention: SDPA backends the one-token decode attention of an "sdpa" model with grouped KV heads
             may use ("flash", "efficient", "cudnn", "math"; math stays allowed as the fallback), or
             ["flex"]: FlexAttention (its decoding kernel when compiled), or ["triton"]: unisd's Triton
-            kernel (`unisd.generation.triton_attention`; SDPA where Triton is missing). None: torch's
-            own choice.
+            kernel (`unisd.generation.triton_attention`; SDPA where Triton is missing). []: torch's
+            own SDPA choice. None (default): the Triton kernel where it can run, else torch's choice.
         compile_mode: torch.compile's `mode` for the step and the prompt pass (None: its default). The
             step is graphed by this class, so give a mode without CUDA graphs, e.g.
             "max-autotune-no-cudagraphs" (inductor benchmarks Triton GEMM templates against cuBLAS and
@@ -311,7 +321,7 @@ class FastGenerator:
     def __init__(self, *, compile: bool | None = None, cuda_graph: bool | None = None, check_every: int = 8,
                  compact: bool = True, min_bucket: int = 8, cache_len_multiple: int = 128,
                  max_batch: int | None = None, max_workspaces: int = 4, fuse: bool | None = None,
-                 compile_step: bool = True, compile_prefill: bool = False, graph_prefill: bool = False,
+                 compile_step: bool = True, compile_prefill: bool = False, graph_prefill: bool | None = None,
                  prefill_width_multiple: int = 32, attention: Sequence[str] | None = None,
                  compile_mode: str | None = None):
         if check_every < 1 or min_bucket < 1 or cache_len_multiple < 1 or prefill_width_multiple < 1:
@@ -334,7 +344,7 @@ class FastGenerator:
         self.compile_prefill = compile_prefill
         self.graph_prefill = graph_prefill
         self.prefill_width_multiple = prefill_width_multiple
-        self.attention = tuple(attention) if attention else None
+        self.attention = tuple(attention) if attention is not None else None
         self.cuda_graph = cuda_graph
         self.check_every = check_every
         self.compact = compact
@@ -373,12 +383,20 @@ class FastGenerator:
         chunk = self.max_batch or len(prompts)
         out: list[list[int]] = []
         with (seeded(rng, device), torch.no_grad(), grouped_attention(base), self._fused_projections(),
-              decode_backends(self.attention)):
+              decode_backends(self._decode_attention(device))):
             for lo in range(0, len(prompts), chunk):
                 out.extend(self._generate_batch(base, device, prompts[lo:lo + chunk], params,
                                                 list(eos_token_ids), pad_token_id))
         self.last_stats.update(self._timer.totals())
         return out
+
+    def _decode_attention(self, device: torch.device) -> tuple[str, ...] | None:
+        """The decode attention's backends: as given, else the Triton kernel where it runs (on an H200
+        at batch 64: 9.9 us per layer where cuDNN's SDPA took 13.6 with its memset), else torch's
+        SDPA choice."""
+        if self.attention is not None:
+            return self.attention or None
+        return ("triton",) if triton_attention.available(device) else None
 
     def clear(self) -> None:
         """Free every cached graph, KV cache and buffer."""
@@ -416,8 +434,7 @@ class FastGenerator:
 
     def _prepare(self, base: torch.nn.Module, device: torch.device) -> None:
         """Drop cached graphs when the model's parameters or adapter state changed; set up compile."""
-        fingerprint = (id(base), base.training, _adapter_state(base),
-                       tuple((p.data_ptr(), p.dtype, p.shape) for p in base.parameters()))
+        fingerprint = (id(base), base.training, *_model_state(base))
         on_cuda = device.type == "cuda"
         use_compile = on_cuda if self.compile is None else self.compile
         if fingerprint != self._fingerprint:
@@ -517,7 +534,10 @@ class FastGenerator:
         mode = _sampling_mode(params)
         batch = batch_bucket(len(prompts), self.min_bucket)
         width = max(len(p) for p in prompts)
-        if self.graph_prefill:  # one captured prompt pass per bucketed width
+        # one captured prompt pass per bucketed width (explicitly asked for off CUDA: the same
+        # widths, run eagerly)
+        graph_prefill = self._use_graph if self.graph_prefill is None else self.graph_prefill
+        if graph_prefill:
             width = _round_up(width, self.prefill_width_multiple)
         input_ids, prompt_mask = left_pad(prompts, pad, device, rows=batch, width=width)
         width, new = input_ids.shape[1], params.max_new_tokens
@@ -544,7 +564,7 @@ class FastGenerator:
         self._timer.start("prefill_ms")
         positions = position_ids_from_mask(prompt_mask)
         kwargs = {self._cache_kw: f.cache, **self._logits_kw}
-        if self.graph_prefill and self._use_graph:
+        if graph_prefill and self._use_graph:
             logits = self._graphed_prefill(ws, kwargs, input_ids, prompt_mask, positions)
         else:
             logits = self._prefill_logits(base, kwargs, input_ids, prompt_mask, positions)

@@ -91,7 +91,7 @@ if triton is not None:
                                   scale: float) -> torch.Tensor:
         batch, kv_heads, groups, head_dim = query.shape
         out = torch.empty_like(query)
-        block_d = triton.next_power_of_2(head_dim)
+        block_d = max(16, triton.next_power_of_2(head_dim))  # tl.dot takes dims of 16 and more
         wrap_triton(_grouped_decode_kernel)[(batch, kv_heads)](
             query, key, value, bias, out, scale,
             *query.stride(), *key.stride(), *value.stride(), *bias.stride(), *out.stride(),

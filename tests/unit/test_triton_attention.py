@@ -1,0 +1,154 @@
+"""The Triton decode attention (unisd.generation.triton_attention) and how FastGenerator chooses it.
+
+The kernel runs on the CPU through Triton's interpreter, which must be switched on before the
+kernel is defined: `test_kernel_under_the_interpreter` reruns this file's `*_interpreted` tests in a
+subprocess with TRITON_INTERPRET=1 (they skip in the main run). Needs the `triton` package (the
+Makefile's test set-up installs it; torch's CPU wheel has none).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from unisd.generation import triton_attention
+from unisd.generation.base import SamplingParams
+from unisd.generation.fast import FastGenerator
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="run by test_kernel_under_the_interpreter")
+
+
+def naive_attention(q, k, v, mask, scale):
+    """float64: softmax(q kᵀ scale + mask) v per (row, KV head), mask [B or 1, 1, 1, L] additive or boolean."""
+    q, k, v = q.double(), k.double(), v.double()
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=torch.float64).masked_fill(~mask, -math.inf)
+    scores = q @ k.transpose(-1, -2) * scale + mask.double()[:, :, 0, :][:, :, None, :]
+    return torch.softmax(scores, -1) @ v
+
+
+def test_kernel_under_the_interpreter():
+    pytest.importorskip("triton")
+    if INTERPRETED:
+        pytest.skip("already inside the interpreted run")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           __file__, "-k", "interpreted"], env=env, capture_output=True, text=True, timeout=900)
+    tail = proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, tail
+    assert "skipped" not in proc.stdout.splitlines()[-1], tail  # every interpreted test ran
+
+
+@interpreted_only
+def test_hand_computed_value_interpreted():
+    # one query, two visible keys: weights softmax([1, 0]) = [e, 1] / (e + 1); a third key is masked
+    q = torch.tensor([1.0, 0.0]).reshape(1, 1, 1, 2)
+    k = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]).reshape(1, 1, 3, 2)
+    v = torch.tensor([[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]).reshape(1, 1, 3, 2)
+    mask = torch.tensor([True, True, False]).reshape(1, 1, 1, 3)
+    e = math.e
+    want = torch.tensor([(e * 1 + 3) / (e + 1), (e * 2 + 4) / (e + 1)])
+    out = triton_attention.decode_attention(q, k, v, mask, scale=1.0)
+    torch.testing.assert_close(out.reshape(2), want, rtol=1e-6, atol=1e-6)
+
+
+@interpreted_only
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 3e-3)])
+@pytest.mark.parametrize("groups,head_dim,length", [(3, 64, 150), (1, 48, 64), (7, 16, 10), (2, 64, 256)])
+def test_matches_float64_reference_interpreted(dtype, tol, groups, head_dim, length):
+    g = torch.Generator().manual_seed(groups * 1000 + length)
+    batch, kv_heads = 4, 2
+    q = torch.randn(batch, kv_heads, groups, head_dim, generator=g)
+    k = torch.randn(batch, kv_heads, length, head_dim, generator=g)
+    v = torch.randn(batch, kv_heads, length, head_dim, generator=g)
+    visible = torch.rand(batch, length, generator=g) > 0.4
+    visible[0] = False
+    visible[0, :3] = True                    # a row that sees only the first block's start
+    visible[1] = False
+    visible[1, length // 2:] = True           # a long left padding: whole blocks hidden
+    visible[2] = False
+    visible[2, -1] = True                     # only the newest position
+    bool_mask = visible[:, None, None, :]
+    float_mask = torch.zeros(bool_mask.shape).masked_fill(~bool_mask, -math.inf)
+    for mask in (bool_mask, float_mask.to(dtype)):
+        for scale in (None, 0.3):
+            s = head_dim ** -0.5 if scale is None else scale
+            out = triton_attention.decode_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask, scale)
+            assert out.dtype == dtype and out.shape == q.shape
+            want = naive_attention(q.to(dtype), k.to(dtype), v.to(dtype), bool_mask, s)
+            torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol)
+    # one mask row for the whole batch (broadcast)
+    shared = visible[:1, None, None, :] | torch.arange(length).eq(length - 1)
+    out = triton_attention.decode_attention(q, k, v, shared)
+    torch.testing.assert_close(out.double(), naive_attention(q, k, v, shared, head_dim ** -0.5), rtol=1e-5,
+                               atol=1e-5)
+
+
+@interpreted_only
+def test_hidden_blocks_are_not_read_interpreted():
+    # NaN in every block the mask hides entirely (the static cache's unwritten tail): a kernel that
+    # read them would give NaN (0 * NaN); positions 0..99 visible, blocks of 64 from 128 on hidden
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 1, 3, 16, generator=g), torch.randn(2, 1, 256, 16, generator=g),
+               torch.randn(2, 1, 256, 16, generator=g))
+    mask = (torch.arange(256) < 100).reshape(1, 1, 1, 256).expand(2, 1, 1, 256)
+    want = naive_attention(q, k, v, mask, 0.25)
+    k[:, :, 128:], v[:, :, 128:] = float("nan"), float("nan")
+    out = triton_attention.decode_attention(q, k, v, mask, 0.25)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@interpreted_only
+def test_generator_decodes_with_the_kernel_interpreted():
+    from test_generation import GREEDY, PAD, _tiny_llama, fast_gen, naive_greedy
+
+    model = _tiny_llama()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (3, 7, 5, 1, 9)]
+    calls = []
+    real = triton_attention._grouped_decode_attention
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    triton_attention._grouped_decode_attention = counting
+    try:
+        gen = fast_gen()  # default: the kernel, since it can run here
+        assert gen._decode_attention(torch.device("cpu")) == ("triton",)
+        out = gen.generate(model, prompts, GREEDY, eos_token_ids=[], pad_token_id=PAD)
+    finally:
+        triton_attention._grouped_decode_attention = real
+    assert out == naive_greedy(model, prompts, 16, eos=[])
+    assert len(calls) == 15 * 2  # every decode step after the prompt pass, both layers
+
+
+def test_default_attention_choice(monkeypatch):
+    cpu = torch.device("cpu")
+    for runs in (True, False):
+        monkeypatch.setattr(triton_attention, "available", lambda device, runs=runs: runs)
+        assert FastGenerator()._decode_attention(cpu) == (("triton",) if runs else None)
+        assert FastGenerator(attention=[])._decode_attention(cpu) is None  # torch's SDPA choice
+        assert FastGenerator(attention=["flex"])._decode_attention(cpu) == ("flex",)
+    with pytest.raises(ValueError, match="give it alone"):
+        FastGenerator(attention=["triton", "cudnn"])
+
+
+def test_triton_choice_without_triton_keeps_sdpa(monkeypatch):
+    from test_generation import GREEDY, PAD, _tiny_llama, fast_gen, naive_greedy
+
+    monkeypatch.setattr(triton_attention, "available", lambda device: False)
+    model = _tiny_llama()
+    prompts = [[5, 6, 7], [8], [9, 10, 11, 12]]
+    out = fast_gen(attention=["triton"]).generate(model, prompts, GREEDY, eos_token_ids=[], pad_token_id=PAD)
+    assert out == naive_greedy(model, prompts, 16, eos=[])
+    if triton_attention.triton is None:
+        with pytest.raises(RuntimeError, match="needs Triton"):
+            triton_attention.decode_attention(torch.zeros(1, 1, 1, 16), torch.zeros(1, 1, 2, 16),
+                                              torch.zeros(1, 1, 2, 16), torch.ones(1, 1, 1, 2, dtype=torch.bool))
