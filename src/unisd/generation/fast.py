@@ -208,9 +208,10 @@ def _model_state(base: torch.nn.Module) -> tuple:
             continue
         seen.add(id(m))
         params.extend((p.data_ptr(), p.dtype, p.shape) for p in m._parameters.values() if p is not None)
-        active = getattr(m, "active_adapters", None)  # a property on peft layers (a method on HF models)
-        if active is not None and not callable(active):
-            adapters.append((bool(getattr(m, "disable_adapters", False)), tuple(active),
+        # a property on peft's layers (a method on HF models): looked up on the class, since asking
+        # each of a LoRA model's ~2,000 modules goes through nn.Module.__getattr__'s failing path
+        if isinstance(getattr(type(m), "active_adapters", None), property):
+            adapters.append((bool(getattr(m, "disable_adapters", False)), tuple(m.active_adapters),
                              bool(getattr(m, "merged", False))))
         stack.extend(c for c in reversed(m._modules.values()) if c is not None)
     return tuple(params), tuple(adapters)

@@ -91,9 +91,10 @@ class _Group:
     shims: list[nn.Module] = field(default_factory=list)
     product: torch.Tensor | None = None    # the first shim's output, read by the others
 
-    def copies(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor, float]]]:
+    def copies(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor,
+                                                                              nn.Module, str]]]:
         """What `DecodeWeights.refresh` copies: (destinations, sources) of the plain copies, and the
-        LoRA B blocks with their scaling."""
+        LoRA B blocks with their source, module and adapter name (whose scaling is read per refresh)."""
         dst, src, scaled = [], [], []
         col = 0
         for module, (lo, hi), names in zip(self.originals, self.bounds, self.adapters):
@@ -108,7 +109,7 @@ class _Group:
                 rank = a.shape[0]
                 dst.append(self.lora_a[col:col + rank])
                 src.append(a)
-                scaled.append((self.lora_b[lo:hi, col:col + rank], b, module.scaling[name]))
+                scaled.append((self.lora_b[lo:hi, col:col + rank], b, module, name))
                 col += rank
         return dst, src, scaled
 
@@ -187,6 +188,14 @@ class DecodeWeights:
                     group = _group(parent, names)
                     if group is not None:
                         self.groups.append(group)
+        # the tensors to copy, listed once: the model's parameter objects stay the same while this
+        # object lives (a new tensor changes FastGenerator's fingerprint, which rebuilds it)
+        self._dst, self._src, self._scaled = [], [], []
+        for group in self.groups:
+            dst, src, scaled = group.copies()
+            self._dst += dst
+            self._src += src
+            self._scaled += scaled
         self.refresh()
 
     def __bool__(self) -> bool:
@@ -202,18 +211,12 @@ class DecodeWeights:
         Every call of the generator does this (the optimizer updates weights in place): one
         multi-tensor copy instead of a launch per tensor, which cost ~2 ms of host time per call for
         SmolLM2's 60 groups."""
-        dst, src, scaled = [], [], []
-        for group in self.groups:
-            d, s, sc = group.copies()
-            dst += d
-            src += s
-            scaled += sc
-        if dst:
-            torch._foreach_copy_(dst, src)
-        if scaled:
-            blocks = [d for d, _, _ in scaled]
-            torch._foreach_copy_(blocks, [b for _, b, _ in scaled])
-            torch._foreach_mul_(blocks, [float(s) for _, _, s in scaled])
+        if self._dst:
+            torch._foreach_copy_(self._dst, self._src)
+        if self._scaled:
+            blocks = [block for block, _, _, _ in self._scaled]
+            torch._foreach_copy_(blocks, [b for _, b, _, _ in self._scaled])
+            torch._foreach_mul_(blocks, [float(module.scaling[name]) for _, _, module, name in self._scaled])
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
