@@ -50,6 +50,7 @@ def test_overrides_are_typed():
     ("optim.micro_batch_size=3", "optim.batch_size (16) must be a multiple of optim.micro_batch_size (3)"),
     ("objective.clip.quantile=1.5", "objective.clip.quantile: got 1.5; must lie in (0, 1]"),
     ("rollout.top_p=0", "rollout.top_p"),
+    ("rollout.decode_attention=cudnn", "rollout.decode_attention"),
     ("objective.agreement.granularity=token", "needs auxiliary teachers"),
     ("objective.contrastive.weight=0.1", "teacher.negative.enabled=true"),
     ("nonsense", "expected the form section.field=value"),

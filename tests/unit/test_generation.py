@@ -247,6 +247,18 @@ def test_lora_in_place_update_is_seen(prompts):
 
 # ----- plumbing ----------------------------------------------------------------------------------
 
+def test_fast_options_reach_only_the_fast_generator():
+    from unisd.generation import fast_options
+
+    assert fast_options() == {}
+    assert fast_options("sdpa", graph_prefill=False) == {"attention": [], "graph_prefill": False}
+    fast = get_generator("fast", "cpu", fast_options=fast_options("flex"))
+    assert fast.attention == ("flex",) and fast.graph_prefill is None
+    assert isinstance(get_generator("auto", "cpu", fast_options=fast_options("flex")), HFGenerator)
+    assert get_generator("fast", "cpu", fast_options=fast_options("sdpa"))._decode_attention(
+        torch.device("cpu")) is None
+
+
 def test_get_generator_names():
     assert set(GENERATORS) == {"hf", "fast", "vllm"}
     assert isinstance(get_generator("auto", torch.device("cpu")), HFGenerator)

@@ -289,6 +289,12 @@ class RolloutConfig:
     """Nucleus sampling threshold."""
     mask_truncated: bool = False
     """Give zero loss to completions that hit max_new_tokens without EOS."""
+    decode_attention: str = "auto"
+    """Fast generator: the one-token decode attention. "auto": unisd's Triton kernel where Triton runs
+    (CUDA), else torch's SDPA choice; "sdpa": torch's SDPA choice; "triton"; "flex" (FlexAttention)."""
+    graph_prefill: bool = True
+    """Fast generator on CUDA: replay the prompt pass from a CUDA graph per prompt width (widths
+    rounded up to 32; a width's first call runs eagerly, its second captures)."""
     release_memory: bool = False
     """Free the fast generator's KV caches, CUDA graphs and fused decode weights after each rollout
     (as TRL's vLLM sleep mode frees vLLM's), so they do not add to the backward's peak memory; the
@@ -299,6 +305,7 @@ class RolloutConfig:
         _choice(f"{p}.source", self.source, ("student", "gold", "mixed"))
         _range(f"{p}.on_policy_fraction", self.on_policy_fraction, 0, 1)
         _choice(f"{p}.backend", self.backend, ("auto", "hf", "fast", "vllm"))
+        _choice(f"{p}.decode_attention", self.decode_attention, ("auto", "sdpa", "triton", "flex"))
         _range(f"{p}.max_new_tokens", self.max_new_tokens, 1)
         _range(f"{p}.temperature", self.temperature, 0)
         _range(f"{p}.top_p", self.top_p, 0, 1, lo_open=True)

@@ -19,14 +19,30 @@ GENERATORS: dict[str, str] = {
 }
 
 
-def get_generator(name: str, device: torch.device | str = "cpu", **kwargs) -> Generator:
-    """A new generator for `name` ("auto": "fast" on CUDA, "hf" otherwise); kwargs go to its constructor."""
+def get_generator(name: str, device: torch.device | str = "cpu", *, fast_options: dict | None = None,
+                  **kwargs) -> Generator:
+    """A new generator for `name` ("auto": "fast" on CUDA, "hf" otherwise); kwargs go to its
+    constructor, `fast_options` too when the choice is "fast"."""
     if name == "auto":
         name = "fast" if torch.device(device).type == "cuda" else "hf"
     if name not in GENERATORS:
         raise ValueError(f"unknown generator {name!r}; choose from {sorted(GENERATORS) + ['auto']}")
+    if name == "fast" and fast_options:
+        kwargs = {**fast_options, **kwargs}
     module, cls = GENERATORS[name].split(":")
     return getattr(importlib.import_module(module), cls)(**kwargs)
 
 
-__all__ = ["GENERATORS", "Generator", "SamplingParams", "get_generator"]
+def fast_options(decode_attention: str = "auto", graph_prefill: bool = True) -> dict:
+    """`FastGenerator` arguments from the config's names (`rollout.decode_attention`,
+    `rollout.graph_prefill`): "auto" is the generator's default (the Triton kernel where it runs),
+    "sdpa" torch's SDPA choice, "triton" / "flex" those kernels."""
+    options: dict = {}
+    if decode_attention != "auto":
+        options["attention"] = [] if decode_attention == "sdpa" else [decode_attention]
+    if not graph_prefill:
+        options["graph_prefill"] = False
+    return options
+
+
+__all__ = ["GENERATORS", "Generator", "SamplingParams", "fast_options", "get_generator"]

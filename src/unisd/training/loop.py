@@ -95,7 +95,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
 
     from unisd.evaluation.resources import ResourceMeter
     from unisd.evaluation.runner import eos_ids
-    from unisd.generation import get_generator
+    from unisd.generation import fast_options, get_generator
     from unisd.models import CompiledLayers, TeacherWeights, apply_lora, load_model_and_tokenizer, load_weights
     from unisd.tasks import get_task
 
@@ -125,7 +125,8 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
         model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
         stops = eos_ids(tokenizer, model)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-        generator = get_generator(cfg.rollout.backend, device)
+        generator = get_generator(cfg.rollout.backend, device, fast_options=fast_options(
+            cfg.rollout.decode_attention, cfg.rollout.graph_prefill))
         gen_texts = text_generator(model, tokenizer, generator, max_new_tokens=cfg.teacher.negative.max_new_tokens,
                                    temperature=cfg.teacher.negative.temperature, stops=stops, pad_id=pad_id)
         aux_texts, negatives, _ = build_contexts(cfg, train_examples, gen_texts, cfg.model.name, console)
