@@ -295,6 +295,11 @@ def test_cuda_graph_greedy_matches_hf(prompts, stop_token):
         gen = FastGenerator(compile=compile_, min_bucket=1, check_every=2)
         assert gen.generate(m, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD) == hf
         assert gen.last_stats["graphs_captured"] >= 1
+        # the prompt pass: eager on a width's first call, captured on the second, replayed on the third
+        for _ in range(2):
+            assert gen.generate(m, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD) == hf
+        (ws,) = gen._workspaces.values()
+        assert len(ws.prefills) == 1
 
 
 def test_grouped_sdpa_matches_hf_sdpa():
