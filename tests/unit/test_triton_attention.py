@@ -25,12 +25,13 @@ interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="run by test_kerne
 
 
 def naive_attention(q, k, v, mask, scale):
-    """float64: softmax(q kᵀ scale + mask) v per (row, KV head), mask [B or 1, 1, 1, L] additive or boolean."""
+    """float64: softmax(q kᵀ scale + mask) v per (row, KV head), mask [B or 1, 1, 1, L] additive or
+    boolean; a row the mask hides entirely gives zeros."""
     q, k, v = q.double(), k.double(), v.double()
     if mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=torch.float64).masked_fill(~mask, -math.inf)
     scores = q @ k.transpose(-1, -2) * scale + mask.double()[:, :, 0, :][:, :, None, :]
-    return torch.softmax(scores, -1) @ v
+    return torch.nan_to_num(torch.softmax(scores, -1), nan=0.0) @ v
 
 
 def test_kernel_under_the_interpreter():
@@ -74,6 +75,7 @@ def test_matches_float64_reference_interpreted(dtype, tol, groups, head_dim, len
     visible[1, length // 2:] = True           # a long left padding: whole blocks hidden
     visible[2] = False
     visible[2, -1] = True                     # only the newest position
+    visible[3] = False                        # nothing: zeros, as torch's SDPA math path gives
     bool_mask = visible[:, None, None, :]
     float_mask = torch.zeros(bool_mask.shape).masked_fill(~bool_mask, -math.inf)
     for mask in (bool_mask, float_mask.to(dtype)):
@@ -152,3 +154,22 @@ def test_triton_choice_without_triton_keeps_sdpa(monkeypatch):
         with pytest.raises(RuntimeError, match="needs Triton"):
             triton_attention.decode_attention(torch.zeros(1, 1, 1, 16), torch.zeros(1, 1, 2, 16),
                                               torch.zeros(1, 1, 2, 16), torch.ones(1, 1, 1, 2, dtype=torch.bool))
+
+
+@interpreted_only
+@pytest.mark.parametrize("block_n,num_warps", [(16, 2), (128, 8)])
+def test_launch_settings_give_the_same_result_interpreted(block_n, num_warps):
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(3, 2, 3, 32, generator=g), torch.randn(3, 2, 200, 32, generator=g),
+               torch.randn(3, 2, 200, 32, generator=g))
+    mask = torch.rand(3, 1, 1, 200, generator=g) > 0.5
+    mask[..., -1] = True
+    out = triton_attention.decode_attention(q, k, v, mask, 0.2, block_n=block_n, num_warps=num_warps)
+    torch.testing.assert_close(out.double(), naive_attention(q, k, v, mask, 0.2), rtol=1e-5, atol=1e-5)
+
+
+def test_block_size_is_checked():
+    pytest.importorskip("triton")
+    x = torch.zeros(1, 1, 1, 16)
+    with pytest.raises(ValueError, match="power of two >= 16"):
+        triton_attention.decode_attention(x, x, x, torch.ones(1, 1, 1, 1, dtype=torch.bool), block_n=48)

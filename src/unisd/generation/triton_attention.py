@@ -82,13 +82,15 @@ if triton is not None:
                     v = v.to(tl.float32)
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee" if UPCAST else None)
                 m_i = m_new
-        out = acc / l_i[:, None]
+        # a row that sees nothing gives zeros, as torch's SDPA math path does,
+        # rather than 0/0
+        out = tl.where(l_i[:, None] > 0, acc / tl.maximum(l_i[:, None], 1e-30), 0.0)
         tl.store(Out + b * sob + h * soh + offs_g[:, None] * sog + offs_d[None, :] * sod,
                  out.to(Out.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
 
     @triton_op("unisd::grouped_decode_attention", mutates_args=())
     def _grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
-                                  scale: float) -> torch.Tensor:
+                                  scale: float, block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
         batch, kv_heads, groups, head_dim = query.shape
         out = torch.empty_like(query)
         block_d = max(16, triton.next_power_of_2(head_dim))  # tl.dot takes dims of 16 and more
@@ -96,22 +98,26 @@ if triton is not None:
             query, key, value, bias, out, scale,
             *query.stride(), *key.stride(), *value.stride(), *bias.stride(), *out.stride(),
             L=key.shape[2], G=groups, D=head_dim, BLOCK_G=max(16, triton.next_power_of_2(groups)), BLOCK_D=block_d,
-            BLOCK_N=64, UPCAST=query.dtype == torch.float32, num_warps=4)
+            BLOCK_N=block_n, UPCAST=query.dtype == torch.float32, num_warps=num_warps)
         return out
 
 
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-                     scale: float | None = None) -> torch.Tensor:
+                     scale: float | None = None, *, block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
     """softmax(q·kᵀ·scale + mask)·v for one query token per row, the query heads grouped per KV head.
 
     query [B, H_kv, G, D]; key, value [B, H_kv, L, D]; mask [B, 1, 1, L] (additive float, or boolean:
-    True = attend), as SDPA takes it. Returns [B, H_kv, G, D] in the query's dtype. Every row must
-    see at least one position (as a decoding row always sees its own token).
+    True = attend), as SDPA takes it. Returns [B, H_kv, G, D] in the query's dtype; zeros for a row
+    the mask hides entirely (as torch's SDPA math path gives). `block_n` (cache slots
+    per block, a power of two >= 16) and `num_warps` are the kernel's launch settings (untuned:
+    `benchmarks/decode_attention_bench.py` compares them).
     """
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
     if triton is None:
         raise RuntimeError("the Triton decode attention needs Triton (the CPU wheel of torch has none)")
     if mask.dtype == torch.bool:
         mask = torch.zeros((), dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
     bias = mask.reshape(mask.shape[0], mask.shape[-1]).expand(query.shape[0], key.shape[2])
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    return _grouped_decode_attention(query, key, value, bias, float(scale))
+    return _grouped_decode_attention(query, key, value, bias, float(scale), block_n, num_warps)

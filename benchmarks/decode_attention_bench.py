@@ -1,0 +1,135 @@
+"""The one-token grouped decode attention alone, on GPU: torch's SDPA backends, FlexAttention and
+unisd's Triton kernel over its launch settings, each timed as 100 calls replayed from one CUDA graph
+(as the decode step runs them; launch overhead excluded). Prints a table, writes JSON.
+
+Shapes follow SmolLM2-135M's decoding (3 KV heads, 3 query heads per KV head, head dim 64) with a
+static cache of L slots of which each row sees a left-padded prompt and the tokens so far (the
+mask hides the rest), at a few batch sizes and cache lengths.
+
+    PYTHONPATH=src python3 benchmarks/decode_attention_bench.py --out OUT [--batch 64 256] [--length 256 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from unisd.generation import triton_attention
+
+KV_HEADS, GROUPS, HEAD_DIM = 3, 3, 64
+REPLAYS = 100
+
+
+def inputs(batch: int, length: int, seen: int, device: str, dtype: torch.dtype, seed: int = 0):
+    """q [B, 3, 3, 64], K/V [B, 3, L, 64], an additive mask [B, 1, 1, L]: row b sees slots
+    pad_b .. seen - 1 (pad_b < 48 and < seen, its left padding)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q = torch.randn(batch, KV_HEADS, GROUPS, HEAD_DIM, generator=g).to(device, dtype)
+    k = torch.randn(batch, KV_HEADS, length, HEAD_DIM, generator=g).to(device, dtype)
+    v = torch.randn(batch, KV_HEADS, length, HEAD_DIM, generator=g).to(device, dtype)
+    pad = torch.randint(0, min(48, seen), (batch, 1), generator=g)
+    slots = torch.arange(length)[None, :]
+    visible = (slots >= pad) & (slots < seen)
+    mask = torch.zeros(batch, 1, 1, length).masked_fill(~visible[:, None, None, :], float("-inf"))
+    return q, k, v, mask.to(device, dtype)
+
+
+def contenders(on_cuda: bool) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def sdpa(backends):
+        def run(q, k, v, mask):
+            with sdpa_kernel(backends):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return run
+
+    out = {"sdpa_default": lambda q, k, v, mask: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)}
+    if on_cuda:
+        out["sdpa_cudnn"] = sdpa([SDPBackend.CUDNN_ATTENTION])
+        out["sdpa_efficient"] = sdpa([SDPBackend.EFFICIENT_ATTENTION])
+    out["sdpa_math"] = sdpa([SDPBackend.MATH])
+    if triton_attention.available(torch.device("cuda" if on_cuda else "cpu")):
+        for block_n in (16, 32, 64, 128, 256):
+            for warps in (1, 2, 4, 8):
+                out[f"triton_n{block_n}_w{warps}"] = (
+                    lambda q, k, v, mask, b=block_n, w=warps:
+                    triton_attention.decode_attention(q, k, v, mask, block_n=b, num_warps=w))
+    if on_cuda:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        compiled = torch.compile(flex_attention)
+
+        def flex(q, k, v, mask):
+            bias = mask[:, 0, 0, :]
+            return compiled(q, k, v, score_mod=lambda s, b, h, qi, kv: s + bias[b, kv])
+        out["flex_compiled"] = flex
+    return out
+
+
+def time_graphed(fn, args) -> float:
+    """Microseconds per call: REPLAYS calls captured in one CUDA graph, replayed."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(REPLAYS):
+            fn(*args)
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / (5 * REPLAYS)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--length", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    on_cuda = args.device == "cuda"
+    dtype = torch.bfloat16 if on_cuda else torch.float32
+    res = {"env": {"torch": torch.__version__, "python": platform.python_version(),
+                   "gpu": torch.cuda.get_device_name(0) if on_cuda else "none"},
+           "shape": {"kv_heads": KV_HEADS, "groups": GROUPS, "head_dim": HEAD_DIM, "dtype": str(dtype)},
+           "rows": []}
+    for batch in args.batch:
+        for length in args.length:
+            seen = length // 2 + 1  # half-way through decoding: the rest of the cache is hidden
+            q, k, v, mask = inputs(batch, length, seen, args.device, dtype)
+            want = None
+            for name, fn in contenders(on_cuda).items():
+                row = {"name": name, "batch": batch, "length": length, "seen": seen}
+                try:
+                    out = fn(q, k, v, mask)
+                    want = out.float() if want is None else want
+                    row["max_abs_diff_vs_first"] = round(float((out.float() - want).abs().max()), 5)
+                    if on_cuda:
+                        row["us_per_call"] = round(time_graphed(fn, (q, k, v, mask)), 2)
+                except Exception as err:  # noqa: BLE001 - a backend that cannot take these inputs
+                    row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+                res["rows"].append(row)
+                print(row, flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "decode_attention.json").write_text(json.dumps(res, indent=2))
+    print(f"\n{'contender':<22}{'batch':>6}{'L':>6}{'us/call':>10}")
+    for r in res["rows"]:
+        print(f"{r['name']:<22}{r['batch']:>6}{r['length']:>6}{r.get('us_per_call', r.get('error', '-'))!s:>10}")
+
+
+if __name__ == "__main__":
+    main()
