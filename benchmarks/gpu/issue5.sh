@@ -2,9 +2,11 @@
 # Issue 5 measurements, run from the repo root after benchmarks/gpu/setup.sh. Each argument is a
 # job and the GPUs it gets (JOB@GPUS); jobs on different GPUs run in parallel, jobs named for the
 # same GPUs one after the other:
-#   gen@G      generation_bench.py: the default fast generator, a LoRA-wrapped student,
-#              batch 64-512, HF default and static caches,
-#              then the variants measured on 2026-11-29 (random SmolLM2-135M architecture)
+#   gen@G      generation_bench.py (random SmolLM2-135M architecture, no staging needed): float32
+#              greedy parity incl. the graphed prompt pass's replay, the default fast generator, HF
+#              default and static caches, batch 128-4096, a LoRA-wrapped student
+#   kernels@G  decode_attention_bench.py: the decode attention alone (SDPA backends, FlexAttention,
+#              the Triton kernel's launch settings)
 #   mem@G      trl_compare.py, unisd side only, with rollout.release_memory (eager, then with
 #              model.compile): peak memory against TRL's, measured in the same settings
 #              (docs/benchmarks.md), batch 16, 64
@@ -25,8 +27,12 @@ mkdir -p $OUT
 job() {  # job name, seconds
   case $1 in
     gen) mkdir -p $OUT/gen
-         timeout $2 python3 benchmarks/generation_bench.py --out $OUT/gen --budget-s $(($2 - 90)) --skip-parity \
+         timeout $2 python3 benchmarks/generation_bench.py --out $OUT/gen --budget-s $(($2 - 90)) --sections \
+           parity_fp32 fast_compiled_b64 hf_default_b64 hf_static_b64 fast_compiled_b128 fast_compiled_b256 \
+           fast_compiled_b512 fast_compiled_b1024 fast_compiled_b2048 fast_compiled_b4096 fast_lora_b64 \
            > $OUT/gen/log.txt 2>&1 ;;
+    kernels) mkdir -p $OUT/kernels
+         timeout $2 python3 benchmarks/decode_attention_bench.py --out $OUT/kernels > $OUT/kernels/log.txt 2>&1 ;;
     mem) # generator memory freed before each backward, eagerly and with model.compile (2026-11-29:
          # model.compile alone gave 0.72x TRL's peak at batch 16, 0.57x at 64)
          for extra in "" "--unisd-set model.compile=true"; do
