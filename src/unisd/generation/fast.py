@@ -644,7 +644,13 @@ class FastGenerator:
     def _capture_prefill(self, ws: _Workspace, kwargs: dict[str, Any], input_ids: torch.Tensor, mask: torch.Tensor,
                          positions: torch.Tensor) -> _PrefillGraph | None:
         """Warm up on a side stream, then capture one prompt pass. The warm-up writes the KV cache and
-        advances its write counters, which are reset after (the replay writes the same slots)."""
+        advances its write counters, which are reset after (the replay writes the same slots).
+
+        Why a replay computes the same as an eager pass: all that differs between two calls of one
+        (batch, width) bucket is the input ids, mask and positions, which are copied into the
+        captured buffers first, and the cache's write counters, reset to 0 before every prompt
+        pass (on transformers versions where they are Python ints, the captured 0 is the right
+        value too). The decode step reads the KV cache the replay wrote: the same tensors."""
         device = input_ids.device
         inputs = [input_ids.clone(), mask.clone(), positions.clone()]
         try:
