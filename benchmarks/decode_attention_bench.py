@@ -128,7 +128,8 @@ def main() -> None:
     (Path(args.out) / "decode_attention.json").write_text(json.dumps(res, indent=2))
     print(f"\n{'contender':<22}{'batch':>6}{'L':>6}{'us/call':>10}")
     for r in res["rows"]:
-        print(f"{r['name']:<22}{r['batch']:>6}{r['length']:>6}{r.get('us_per_call', r.get('error', '-'))!s:>10}")
+        us = r.get("us_per_call", r.get("error", "-"))
+        print(f"{r['name']:<22}{r['batch']:>6}{r['length']:>6}{us!s:>10}")
 
 
 if __name__ == "__main__":

@@ -154,7 +154,8 @@ def main() -> None:
             later = []
             for _ in range(2):
                 later.append(gen.generate(model, prompts, params, eos_token_ids=stops, pad_token_id=pad))
-                entry[name].setdefault("graphs_captured_calls_2_3", []).append(gen.last_stats.get("graphs_captured"))
+                captured = gen.last_stats.get("graphs_captured")
+                entry[name].setdefault("graphs_captured_calls_2_3", []).append(captured)
             entry[name]["calls_2_3_identical_rows"] = [sum(a == b for a, b in zip(o, hf)) for o in later]
         # rows that stop + a few that do not: most rows finish, so the batch is compacted mid-way
         covered = [i for i in range(24) if i not in uncovered and any(t in free[i][4:48] for t in stops)]

@@ -39,8 +39,9 @@ def test_kernel_under_the_interpreter():
     if INTERPRETED:
         pytest.skip("already inside the interpreted run")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                           __file__, "-k", "interpreted"], env=env, capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__,
+           "-k", "interpreted"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     tail = proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
     assert "skipped" not in proc.stdout.splitlines()[-1], tail  # every interpreted test ran
@@ -152,8 +153,9 @@ def test_triton_choice_without_triton_keeps_sdpa(monkeypatch):
     assert out == naive_greedy(model, prompts, 16, eos=[])
     if triton_attention.triton is None:
         with pytest.raises(RuntimeError, match="needs Triton"):
-            triton_attention.decode_attention(torch.zeros(1, 1, 1, 16), torch.zeros(1, 1, 2, 16),
-                                              torch.zeros(1, 1, 2, 16), torch.ones(1, 1, 1, 2, dtype=torch.bool))
+            kv = torch.zeros(1, 1, 2, 16)
+            triton_attention.decode_attention(torch.zeros(1, 1, 1, 16), kv, kv,
+                                              torch.ones(1, 1, 1, 2, dtype=torch.bool))
 
 
 @interpreted_only

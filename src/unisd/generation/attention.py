@@ -102,7 +102,8 @@ STANDALONE_BACKENDS = ("flex", "triton")
 """Backends that replace SDPA, given alone."""
 _DECODE_BACKENDS: tuple = ()
 """SDPA backends (torch.nn.attention.SDPBackend) the one-token decode attention may use, or ("flex",)
-for FlexAttention, or ("triton",) for the Triton kernel; () leaves the choice to torch. Set by `decode_backends` while a FastGenerator
+for FlexAttention, or ("triton",) for the Triton kernel; () leaves the choice to torch. Set by
+`decode_backends` while a FastGenerator
 decodes."""
 
 

@@ -337,8 +337,8 @@ class FastGenerator:
                                                               "max-autotune-no-cudagraphs"):
             raise ValueError(f"unknown compile_mode {compile_mode!r}")
         if compile_mode in ("reduce-overhead", "max-autotune") and cuda_graph is not False:
-            raise ValueError(f"compile_mode {compile_mode!r} captures CUDA graphs of its own; this class graphs "
-                             "the step itself: use 'max-autotune-no-cudagraphs' (or cuda_graph=False)")
+            raise ValueError(f"compile_mode {compile_mode!r} captures CUDA graphs of its own; this class "
+                             "graphs the step itself: use 'max-autotune-no-cudagraphs' (or cuda_graph=False)")
         self.compile = compile
         self.compile_mode = compile_mode
         self.compile_step = compile_step

@@ -1,13 +1,14 @@
 """A Triton kernel for the one-token decode attention with grouped KV heads (`attention=["triton"]`).
 
-At batch 64 on an H200, cuDNN's SDPA kernel took about 13 us per layer for this attention (a third
-of SmolLM2's 1.4 ms decode step), most of it launch and tile overhead: its 64-row query tiles hold
-3 query rows, and every step reads the whole static cache. This kernel runs one program per
+At batch 64 on an H200, cuDNN's SDPA kernel took 12.9 us per layer for this attention plus a
+0.7 us memset (over a quarter of SmolLM2's 1.43 ms decode step): its 64-row query tiles hold 3
+query rows, and every step reads the whole static cache. This kernel (9.9 us per layer there, the
+step 1.21 ms; docs/benchmarks.md, 2026-11-29) runs one program per
 (row, KV head): the query heads that share the KV head are the rows of one small dot product, the
 cache is read in blocks with an online softmax, and blocks the mask hides entirely (the static
 cache's unwritten tail, a long left padding) are skipped without reading K or V.
 
-`decode_attention` is a `torch.library.triton_op`, so torch.compile places the kernel inside the
+`decode_attention` calls a `torch.library.triton_op`, so torch.compile places the kernel inside the
 compiled decode step (and its CUDA graph) instead of breaking the graph. Without Triton (the CPU
 wheel of torch) `available()` is False and callers keep SDPA. With `TRITON_INTERPRET=1` set before
 this module is imported, the kernel runs on CPU tensors through Triton's interpreter (how the tests
@@ -44,8 +45,10 @@ if triton is not None:
     def _grouped_decode_kernel(Q, K, V, Bias, Out, scale,
                                sqb, sqh, sqg, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sbb, sbl,
                                sob, soh, sog, sod,
-                               L: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                               BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+                               L: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr,
+                               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+        # one program per (row b, KV head h); q [G, D] (padded to BLOCK_G x BLOCK_D), the cache in
+        # blocks of BLOCK_N slots; L (the static cache length) is a compile-time constant
         b = tl.program_id(0)
         h = tl.program_id(1)
         offs_g = tl.arange(0, BLOCK_G)
@@ -80,7 +83,8 @@ if triton is not None:
                             mask=n_ok[:, None] & d_ok[None, :], other=0.0)
                 if UPCAST:
                     v = v.to(tl.float32)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee" if UPCAST else None)
+                pv = tl.dot(p.to(v.dtype), v, input_precision="ieee" if UPCAST else None)
+                acc = acc * alpha[:, None] + pv
                 m_i = m_new
         # a row that sees nothing gives zeros, as torch's SDPA math path does,
         # rather than 0/0
@@ -89,15 +93,17 @@ if triton is not None:
                  out.to(Out.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
 
     @triton_op("unisd::grouped_decode_attention", mutates_args=())
-    def _grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
-                                  scale: float, block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
+    def _grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                  bias: torch.Tensor, scale: float, block_n: int = 64,
+                                  num_warps: int = 4) -> torch.Tensor:
         batch, kv_heads, groups, head_dim = query.shape
         out = torch.empty_like(query)
         block_d = max(16, triton.next_power_of_2(head_dim))  # tl.dot takes dims of 16 and more
         wrap_triton(_grouped_decode_kernel)[(batch, kv_heads)](
             query, key, value, bias, out, scale,
             *query.stride(), *key.stride(), *value.stride(), *bias.stride(), *out.stride(),
-            L=key.shape[2], G=groups, D=head_dim, BLOCK_G=max(16, triton.next_power_of_2(groups)), BLOCK_D=block_d,
+            L=key.shape[2], G=groups, D=head_dim, BLOCK_G=max(16, triton.next_power_of_2(groups)),
+            BLOCK_D=block_d,
             BLOCK_N=block_n, UPCAST=query.dtype == torch.float32, num_warps=num_warps)
         return out
 
