@@ -7,6 +7,9 @@
 #              default and static caches, batch 128-4096, a LoRA-wrapped student
 #   kernels@G  decode_attention_bench.py: the decode attention alone (SDPA backends, FlexAttention,
 #              the Triton kernel's launch settings)
+#   train@G    a short LoRA sdft run on the random SmolLM2-135M architecture (no staging), the fast
+#              generator's defaults against the old ones (rollout.decode_attention=sdpa,
+#              rollout.graph_prefill=false): rollout time, peak memory, finite losses
 #   mem@G      trl_compare.py, unisd side only, with rollout.release_memory (eager, then with
 #              model.compile): peak memory against TRL's, measured in the same settings
 #              (docs/benchmarks.md), batch 16, 64
@@ -31,6 +34,16 @@ job() {  # job name, seconds
            parity_fp32 fast_compiled_b64 hf_default_b64 hf_static_b64 fast_compiled_b128 fast_compiled_b256 \
            fast_compiled_b512 fast_compiled_b1024 fast_compiled_b2048 fast_compiled_b4096 fast_lora_b64 \
            > $OUT/gen/log.txt 2>&1 ;;
+    train) mkdir -p $OUT/train
+         python3 benchmarks/scaling_random.py /tmp/rnd > /dev/null
+         for variant in default old; do
+           extra=""; [ $variant = old ] && extra="--set rollout.decode_attention=sdpa --set rollout.graph_prefill=false"
+           timeout $(($2 / 2)) python3 -m unisd train sdft --model /tmp/rnd --task arithmetic --set optim.steps=8 \
+             --set optim.batch_size=64 --set optim.micro_batch_size=64 --set rollout.max_new_tokens=128 \
+             --set eval.before=false --set eval.after=false $extra --out /tmp/train1 --name $variant \
+             > $OUT/train/$variant.log 2>&1
+           cp /tmp/train1/$variant/metrics.jsonl $OUT/train/$variant.metrics.jsonl 2>/dev/null
+         done ;;
     kernels) mkdir -p $OUT/kernels
          timeout $2 python3 benchmarks/decode_attention_bench.py --out $OUT/kernels > $OUT/kernels/log.txt 2>&1 ;;
     mem) # generator memory freed before each backward, eagerly and with model.compile (2026-11-29:
