@@ -1,6 +1,8 @@
 """The one-token grouped decode attention alone, on GPU: torch's SDPA backends, FlexAttention and
-unisd's Triton kernel over its launch settings, each timed as 100 calls replayed from one CUDA graph
-(as the decode step runs them; launch overhead excluded). Prints a table, writes JSON.
+unisd's Triton kernel over its launch settings (block size, warps, cache splits), each timed as 100
+calls replayed from one CUDA graph (as the decode step runs them; launch overhead excluded). Prints
+a table, writes JSON; each row's `max_abs_diff_vs_first` compares its output with the first
+contender's (torch's SDPA choice).
 
 Shapes follow SmolLM2-135M's decoding (3 KV heads, 3 query heads per KV head, head dim 64) with a
 static cache of L slots of which each row sees a left-padded prompt and the tokens so far (the
@@ -59,6 +61,10 @@ def contenders(on_cuda: bool) -> dict:
                 out[f"triton_n{block_n}_w{warps}"] = (
                     lambda q, k, v, mask, b=block_n, w=warps:
                     triton_attention.decode_attention(q, k, v, mask, block_n=b, num_warps=w))
+        for splits in (2, 4, 8):  # flash-decoding: each row's cache divided among programs
+            out[f"triton_n64_w4_s{splits}"] = (
+                lambda q, k, v, mask, s=splits:
+                triton_attention.decode_attention(q, k, v, mask, block_n=64, num_warps=4, splits=s))
     if on_cuda:
         from torch.nn.attention.flex_attention import flex_attention
 

@@ -170,8 +170,32 @@ def test_launch_settings_give_the_same_result_interpreted(block_n, num_warps):
     torch.testing.assert_close(out.double(), naive_attention(q, k, v, mask, 0.2), rtol=1e-5, atol=1e-5)
 
 
+@interpreted_only
+@pytest.mark.parametrize("splits", [2, 3, 8])
+def test_split_cache_gives_the_same_result_interpreted(splits):
+    # the cache divided among `splits` programs per row (a split may see nothing: the combine gives it
+    # no weight), including a row that sees nothing at all, and NaN in blocks no row sees
+    g = torch.Generator().manual_seed(splits)
+    q, k, v = (torch.randn(4, 2, 3, 32, generator=g), torch.randn(4, 2, 300, 32, generator=g),
+               torch.randn(4, 2, 300, 32, generator=g))
+    visible = torch.rand(4, 300, generator=g) > 0.5
+    visible[:, 256:] = False
+    visible[1] = False
+    visible[1, 5] = True          # one slot: every other split of this row sees nothing
+    visible[2] = False            # nothing at all: zeros
+    mask = visible[:, None, None, :]
+    want = naive_attention(q, k, v, mask, 0.2)
+    k[:, :, 256:], v[:, :, 256:] = float("nan"), float("nan")
+    out = triton_attention.decode_attention(q, k, v, mask, 0.2, block_n=32, splits=splits)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    assert out[2].abs().max() == 0
+
+
 def test_block_size_is_checked():
     pytest.importorskip("triton")
     x = torch.zeros(1, 1, 1, 16)
+    keep = torch.ones(1, 1, 1, 1, dtype=torch.bool)
     with pytest.raises(ValueError, match="power of two >= 16"):
-        triton_attention.decode_attention(x, x, x, torch.ones(1, 1, 1, 1, dtype=torch.bool), block_n=48)
+        triton_attention.decode_attention(x, x, x, keep, block_n=48)
+    with pytest.raises(ValueError, match="splits must be >= 1"):
+        triton_attention.decode_attention(x, x, x, keep, splits=0)

@@ -42,15 +42,20 @@ def available(device: torch.device) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _grouped_decode_kernel(Q, K, V, Bias, Out, scale,
+    def _grouped_decode_kernel(Q, K, V, Bias, Out, Part, Max, Sum, scale,
                                sqb, sqh, sqg, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sbb, sbl,
                                sob, soh, sog, sod,
                                L: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr,
-                               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
-        # one program per (row b, KV head h); q [G, D] (padded to BLOCK_G x BLOCK_D), the cache in
-        # blocks of BLOCK_N slots; L (the static cache length) is a compile-time constant
+                               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
+                               SPLIT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr):
+        # one program per (row b, KV head h, split s); q [G, D] (padded to BLOCK_G x BLOCK_D); split s
+        # reads the cache's blocks s * SPLIT_BLOCKS ... in blocks of BLOCK_N slots. L (the static
+        # cache length) is a compile-time constant. With one split the result goes to Out; with more,
+        # each split's normalised output, running max and sum go to Part [B, H, S, G, D], Max and
+        # Sum [B, H, S, G] (float32, contiguous), combined afterwards.
         b = tl.program_id(0)
         h = tl.program_id(1)
+        split = tl.program_id(2)
         offs_g = tl.arange(0, BLOCK_G)
         offs_d = tl.arange(0, BLOCK_D)
         offs_n = tl.arange(0, BLOCK_N)
@@ -63,8 +68,8 @@ if triton is not None:
         m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-        for start in range(0, L, BLOCK_N):  # L: the static cache length, a few values per run
-            n = start + offs_n
+        for i in range(SPLIT_BLOCKS):
+            n = (split * SPLIT_BLOCKS + i) * BLOCK_N + offs_n
             n_ok = n < L
             bias = tl.load(Bias + b * sbb + n * sbl, mask=n_ok, other=float("-inf")).to(tl.float32)
             if tl.max(bias, axis=0) > float("-inf"):  # else the mask hides the whole block: skip its K/V
@@ -89,41 +94,69 @@ if triton is not None:
         # a row that sees nothing gives zeros, as torch's SDPA math path does,
         # rather than 0/0
         out = tl.where(l_i[:, None] > 0, acc / tl.maximum(l_i[:, None], 1e-30), 0.0)
-        tl.store(Out + b * sob + h * soh + offs_g[:, None] * sog + offs_d[None, :] * sod,
-                 out.to(Out.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
+        if SPLITS == 1:
+            tl.store(Out + b * sob + h * soh + offs_g[:, None] * sog + offs_d[None, :] * sod,
+                     out.to(Out.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
+        else:
+            row = (b * tl.num_programs(1) + h) * SPLITS + split  # index into [B, H, S]
+            tl.store(Part + (row * G + offs_g[:, None]) * D + offs_d[None, :], out,
+                     mask=g_ok[:, None] & d_ok[None, :])
+            tl.store(Max + row * G + offs_g, m_i, mask=g_ok)
+            tl.store(Sum + row * G + offs_g, l_i, mask=g_ok)
 
     @triton_op("unisd::grouped_decode_attention", mutates_args=())
     def _grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                   bias: torch.Tensor, scale: float, block_n: int = 64,
-                                  num_warps: int = 4) -> torch.Tensor:
+                                  num_warps: int = 4, splits: int = 1) -> torch.Tensor:
         batch, kv_heads, groups, head_dim = query.shape
+        length = key.shape[2]
+        blocks = triton.cdiv(length, block_n)
+        split_blocks = triton.cdiv(blocks, splits)
+        splits = triton.cdiv(blocks, split_blocks)  # no empty split
         out = torch.empty_like(query)
-        block_d = max(16, triton.next_power_of_2(head_dim))  # tl.dot takes dims of 16 and more
-        wrap_triton(_grouped_decode_kernel)[(batch, kv_heads)](
-            query, key, value, bias, out, scale,
+        f32 = dict(dtype=torch.float32, device=query.device)
+        part, top, total = ((torch.empty(batch, kv_heads, splits, groups, head_dim, **f32),
+                             torch.empty(batch, kv_heads, splits, groups, **f32),
+                             torch.empty(batch, kv_heads, splits, groups, **f32)) if splits > 1 else (out,) * 3)
+        wrap_triton(_grouped_decode_kernel)[(batch, kv_heads, splits)](
+            query, key, value, bias, out, part, top, total, scale,
             *query.stride(), *key.stride(), *value.stride(), *bias.stride(), *out.stride(),
-            L=key.shape[2], G=groups, D=head_dim, BLOCK_G=max(16, triton.next_power_of_2(groups)),
-            BLOCK_D=block_d,
-            BLOCK_N=block_n, UPCAST=query.dtype == torch.float32, num_warps=num_warps)
-        return out
+            L=length, G=groups, D=head_dim, BLOCK_G=max(16, triton.next_power_of_2(groups)),
+            BLOCK_D=max(16, triton.next_power_of_2(head_dim)),  # tl.dot takes dims of 16 and more
+            BLOCK_N=block_n, SPLITS=splits, SPLIT_BLOCKS=split_blocks, UPCAST=query.dtype == torch.float32,
+            num_warps=num_warps)
+        if splits == 1:
+            return out
+        # combine the splits: weights exp(max_s - max) * sum_s (0 for a split that saw nothing)
+        best = top.amax(dim=2, keepdim=True)
+        best = torch.where(torch.isinf(best), torch.zeros_like(best), best)
+        weight = torch.exp(top - best) * total  # [B, H, S, G]
+        norm = weight.sum(dim=2).unsqueeze(-1)  # [B, H, G, 1]
+        mixed = (weight.unsqueeze(-1) * part).sum(dim=2) / norm.clamp_min(1e-30)
+        return torch.where(norm > 0, mixed, torch.zeros_like(mixed)).to(query.dtype)
 
 
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-                     scale: float | None = None, *, block_n: int = 64, num_warps: int = 4) -> torch.Tensor:
+                     scale: float | None = None, *, block_n: int = 64, num_warps: int = 4,
+                     splits: int = 1) -> torch.Tensor:
     """softmax(q·kᵀ·scale + mask)·v for one query token per row, the query heads grouped per KV head.
 
     query [B, H_kv, G, D]; key, value [B, H_kv, L, D]; mask [B, 1, 1, L] (additive float, or boolean:
     True = attend), as SDPA takes it. Returns [B, H_kv, G, D] in the query's dtype; zeros for a row
     the mask hides entirely (as torch's SDPA math path gives). `block_n` (cache slots
-    per block, a power of two >= 16) and `num_warps` are the kernel's launch settings (untuned:
-    `benchmarks/decode_attention_bench.py` compares them).
+    per block, a power of two >= 16), `num_warps` and `splits` are the kernel's launch settings
+    (untuned: `benchmarks/decode_attention_bench.py` compares them). `splits` > 1 divides each
+    row's cache among that many programs (flash-decoding), whose partial results are then combined:
+    more parallel work for long caches or few rows, at the price of a second pass.
     """
     if block_n < 16 or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
+    if splits < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
     if triton is None:
         raise RuntimeError("the Triton decode attention needs Triton (the CPU wheel of torch has none)")
     if mask.dtype == torch.bool:
         mask = torch.zeros((), dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
     bias = mask.reshape(mask.shape[0], mask.shape[-1]).expand(query.shape[0], key.shape[2])
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    return _grouped_decode_attention(query, key, value, bias, float(scale), block_n, num_warps)
+    return _grouped_decode_attention(query, key, value, bias, float(scale), block_n, num_warps, splits)
