@@ -414,9 +414,9 @@ def test_fused_projections_trace_to_fewer_matmuls(lora_model):
         weights = DecodeWeights(lora_model)
         with weights.patched():
             lora_fused = _count_linears(logits, lora_model)
-    # peft: 3 linears per LoRA projection (q, v, down: base, A, B) + 4 plain ones. Fused: q/k/v base + A
-    # (B in an addmm), gate/up 1, o_proj (plain, untouched) 1, down base + A
-    assert lora == 2 * (4 + 3 * 3) + 1 and lora_fused == 2 * (2 + 1 + 1 + 2) + 1
+    # peft: 3 linears per LoRA projection (q, v, down: base, A, B) + 4 plain ones. Fused: q/k/v base and
+    # A in one (B in an addmm), gate/up 1, o_proj (plain, untouched) 1, down base and A in one
+    assert lora == 2 * (4 + 3 * 3) + 1 and lora_fused == 2 * (1 + 1 + 1 + 1) + 1
 
 
 def test_fused_check_falls_back_when_the_call_order_differs(monkeypatch, model, prompts):

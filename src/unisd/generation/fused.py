@@ -5,11 +5,11 @@ At small decode batches a step is bound by how many kernels it launches, not by 
 style layer runs seven projections, and under peft LoRA each one is five kernels (base GEMM, A,
 B, scale, add). `DecodeWeights` keeps, for every attention block, one [q+k+v, hidden] matrix, for
 every MLP one [gate+up, hidden] matrix, and for LoRA the adapters of a group stacked the same way:
-A as one [sum of ranks, hidden] matrix and B (times its scaling) as one block-diagonal
-[sum of outputs, sum of ranks] matrix, so a group costs three GEMMs (base, A, B-and-add) instead of
-five kernels per member. LoRA stays unmerged on purpose: W + s·BA rounded to bf16 drops every delta
+A as [sum of ranks, hidden] rows stacked under the group's base weights (x·Wᵀ and x·Aᵀ come out of
+one GEMM) and B (times its scaling) as one block-diagonal [sum of outputs, sum of ranks] matrix, so
+a group costs two GEMMs (base-and-A, B-and-add) instead of five kernels per member. LoRA stays unmerged on purpose: W + s·BA rounded to bf16 drops every delta
 entry below half a bf16 step of W, so early in training the sampling policy would silently be the
-base model's. Other LoRA-wrapped projections (o_proj, down_proj) get the same three-GEMM form.
+base model's. Other LoRA-wrapped projections (o_proj, down_proj) get the same two-GEMM form.
 While `patched()` is active the model's projection modules are replaced by shims that read these
 matrices; outside it the model is untouched, and training and teacher scoring never see the shims.
 
@@ -43,7 +43,7 @@ from torch import nn
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 """Sibling projections that read the same input, in the order HF models call them."""
 SINGLES = ("o_proj", "down_proj")
-"""Projections replaced on their own, and only when LoRA-wrapped (base GEMM, A, B-and-add)."""
+"""Projections replaced on their own, and only when LoRA-wrapped (base-and-A GEMM, B-and-add)."""
 
 
 def _base_linear(module: nn.Module) -> nn.Linear | None:
@@ -84,9 +84,10 @@ class _Group:
     originals: list[nn.Module]
     bounds: list[tuple[int, int]]          # output rows of each member in `weight`
     adapters: list[list[str]]              # live LoRA adapters of each member, fixed at build
-    weight: torch.Tensor                   # [sum out, in]: the members' base weights
-    bias: torch.Tensor | None              # [sum out]
-    lora_a: torch.Tensor | None = None     # [sum rank, in]
+    weight: torch.Tensor                   # [sum out (+ sum rank), in]: base weights, then LoRA's A rows
+    bias: torch.Tensor | None              # [sum out (+ sum rank)], zero on the A rows
+    out_features: int = 0                  # sum out: where the A rows start in `weight`
+    lora_a: torch.Tensor | None = None     # [sum rank, in]: a view of weight's last rows
     lora_b: torch.Tensor | None = None     # [sum out, sum rank], block-diagonal, scaling folded in
     shims: list[nn.Module] = field(default_factory=list)
     product: torch.Tensor | None = None    # the first shim's output, read by the others
@@ -114,10 +115,10 @@ class _Group:
         return dst, src, scaled
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
+        product = F.linear(x, self.weight, self.bias)  # the base outputs and, with LoRA, x·Aᵀ: one GEMM
         if self.lora_a is None:
-            return out
-        low = F.linear(x, self.lora_a)  # [..., sum rank]
+            return product
+        out, low = product[..., :self.out_features], product[..., self.out_features:]
         shape = out.shape
         return torch.addmm(out.reshape(-1, shape[-1]), low.reshape(-1, low.shape[-1]),
                            self.lora_b.t()).reshape(shape)
@@ -164,11 +165,13 @@ def _group(parent: nn.Module, names: tuple[str, ...]) -> _Group | None:
     ref = bases[0].weight
     like = dict(dtype=ref.dtype, device=ref.device)
     ranks = sum(m.lora_A[n].weight.shape[0] for m, names in zip(modules, adapters) for n in names)
+    rows = offsets[-1] + ranks  # LoRA's A rows stacked under the base weights: x·Aᵀ in the same GEMM
     group = _Group(parent=parent, names=names, originals=modules, bounds=list(zip(offsets[:-1], offsets[1:])),
-                   adapters=adapters, weight=torch.empty((offsets[-1], ref.shape[1]), **like),
-                   bias=(torch.zeros(offsets[-1], **like) if any(b.bias is not None for b in bases) else None))
+                   adapters=adapters, weight=torch.empty((rows, ref.shape[1]), **like),
+                   bias=(torch.zeros(rows, **like) if any(b.bias is not None for b in bases) else None),
+                   out_features=offsets[-1])
     if ranks:
-        group.lora_a = torch.empty((ranks, ref.shape[1]), **like)
+        group.lora_a = group.weight[offsets[-1]:]
         group.lora_b = torch.zeros((offsets[-1], ranks), **like)  # off-diagonal blocks stay 0
     group.shims = [(_First if i == 0 else _Rest)(group, lo, hi) for i, (lo, hi) in enumerate(group.bounds)]
     return group
@@ -203,7 +206,7 @@ class DecodeWeights:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for g in self.groups for t in (g.weight, g.bias, g.lora_a, g.lora_b) if t is not None)
+        return sum(t.nbytes for g in self.groups for t in (g.weight, g.bias, g.lora_b) if t is not None)
 
     @torch.no_grad()
     def refresh(self) -> None:
