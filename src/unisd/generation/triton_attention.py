@@ -115,9 +115,11 @@ if triton is not None:
         splits = triton.cdiv(blocks, split_blocks)  # no empty split
         out = torch.empty_like(query)
         f32 = dict(dtype=torch.float32, device=query.device)
-        part, top, total = ((torch.empty(batch, kv_heads, splits, groups, head_dim, **f32),
-                             torch.empty(batch, kv_heads, splits, groups, **f32),
-                             torch.empty(batch, kv_heads, splits, groups, **f32)) if splits > 1 else (out,) * 3)
+        part = top = total = out  # unused with one split
+        if splits > 1:
+            part = torch.empty(batch, kv_heads, splits, groups, head_dim, **f32)
+            top = torch.empty(batch, kv_heads, splits, groups, **f32)
+            total = torch.empty(batch, kv_heads, splits, groups, **f32)
         wrap_triton(_grouped_decode_kernel)[(batch, kv_heads, splits)](
             query, key, value, bias, out, part, top, total, scale,
             *query.stride(), *key.stride(), *value.stride(), *bias.stride(), *out.stride(),
