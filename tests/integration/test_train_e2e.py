@@ -149,3 +149,22 @@ def test_release_memory_frees_the_generator_after_each_rollout(tiny_model_dir, t
     assert cleared == [1, 1, 1]  # once per step, each time with the step's workspace alive
     for key in ("loss", "rollout/completion_len", "grad_norm"):  # the same samples and updates
         assert [r[key] for r in runs[True]] == [r[key] for r in runs[False]], key
+
+
+def test_rollout_options_reach_the_fast_generator(tiny_model_dir, tmp_path, monkeypatch):
+    from unisd import generation
+
+    made = []
+    real = generation.get_generator
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(generation, "get_generator", spy)
+    cfg = tiny_cfg(tiny_model_dir, tmp_path, "sdft", "rollout.backend=fast", "eval.before=false",
+                   "eval.after=false", "optim.steps=1", "rollout.decode_attention=sdpa",
+                   "rollout.graph_prefill=false")
+    train(cfg, show_progress=False)
+    (gen,) = made
+    assert gen.attention == () and gen.graph_prefill is False  # torch's SDPA choice, eager prompt pass
