@@ -4,6 +4,7 @@ collectives themselves in two spawned processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -105,12 +106,27 @@ def test_sampling_run_keeps_replicas_identical_and_resumes_exactly(tiny_model_di
 
 # ---- the pieces, without a model ----------------------------------------------------------------
 
-def _workers(rank: int, world: int, init_file: str) -> None:
+@contextlib.contextmanager
+def _gloo_group(rank: int, world: int, init_file: str):
+    """A gloo process group for a spawned test worker. On success the ranks meet at a barrier and the
+    worker process ends right there (exit status 0, which is all `spawn` checks): about one CI run in
+    five, tearing the group down raced with the peer's and aborted a rank inside gloo's C++ threads
+    ("terminate called without an active exception") after every assertion had passed. On an error
+    the group is destroyed and the exception goes back to the test as usual."""
     import torch.distributed as dist
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        yield
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    dist.barrier()
+    os._exit(0)  # no teardown: see above
+
+def _workers(rank: int, world: int, init_file: str) -> None:
+    with _gloo_group(rank, world, init_file):
         distributed.BUCKET_ELEMENTS = 5  # several buckets, one tensor larger than a bucket
         a = torch.nn.Parameter(torch.zeros(3))
         b = torch.nn.Parameter(torch.zeros(2, 4))
@@ -134,8 +150,6 @@ def _workers(rank: int, world: int, init_file: str) -> None:
         differ = [("w", torch.ones(4) * (1 + rank * 1e-7))]
         with pytest.raises(RuntimeError, match="replicas differ"):
             distributed.check_replicas_equal(differ, "test")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_collectives_in_two_processes(tmp_path):
@@ -260,15 +274,12 @@ def test_fsdp_sampling_with_lora_matches_replicas(tiny_model_dir, tmp_path):
 
 
 def _fsdp_clip_workers(rank: int, world: int, init_file: str) -> None:
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
     from unisd.training import fsdp
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with _gloo_group(rank, world, init_file):
         mesh = init_device_mesh("cpu", (world,))
         full = [torch.arange(12.0).view(4, 3) - 5, torch.tensor([3.0, -4.0, 12.0])]  # sharded, whole
         reference = [torch.nn.Parameter(torch.zeros_like(g)) for g in full]
@@ -283,8 +294,6 @@ def _fsdp_clip_workers(rank: int, world: int, init_file: str) -> None:
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(sharded.grad.full_tensor(), reference[0].grad)
         torch.testing.assert_close(whole.grad, reference[1].grad)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_fsdp_clipping_takes_the_norm_over_shards_and_whole_tensors(tmp_path):
@@ -316,7 +325,6 @@ def test_resume_under_another_strategy_is_refused(tmp_path):
 
 
 def _fsdp_forget_workers(rank: int, world: int, init_file: str) -> None:
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -324,9 +332,7 @@ def _fsdp_forget_workers(rank: int, world: int, init_file: str) -> None:
     from unisd.scoring import decoder_and_head
     from unisd.training import fsdp
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with _gloo_group(rank, world, init_file):
         torch.manual_seed(0)
         model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                              num_attention_heads=4, num_key_value_heads=2))
@@ -349,8 +355,6 @@ def _fsdp_forget_workers(rank: int, world: int, init_file: str) -> None:
             assert not state._comm_ctx.post_forward_order
         model(input_ids=ids).logits.sum().backward()  # the next step still trains
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_fsdp_forgets_recorded_forwards_on_every_torch(tmp_path):
