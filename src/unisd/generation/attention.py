@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 
 from unisd.generation import triton_attention
+from unisd.generation._util import additive_mask
 
 GROUPED_SDPA = "unisd_grouped_sdpa"
 """Attention implementation name FastGenerator switches "sdpa" models to while it decodes."""
@@ -73,10 +74,9 @@ def register_grouped_sdpa() -> None:
         mask SDPA would otherwise build from it in every layer (same values: 0 or -inf)."""
         mask = sdpa_mask(*args, **kwargs)
         dtype = kwargs.get("dtype")
-        if mask is None or mask.dtype != torch.bool or kwargs.get("q_length") != 1 or dtype is None:
+        if mask is None or kwargs.get("q_length") != 1 or dtype is None:
             return mask
-        zero = torch.zeros((), dtype=dtype, device=mask.device)
-        return torch.where(mask, zero, torch.full((), float("-inf"), dtype=dtype, device=mask.device))
+        return additive_mask(mask, dtype)
 
     AttentionInterface.register(GROUPED_SDPA, grouped_sdpa)
     AttentionMaskInterface.register(GROUPED_SDPA, decode_float_mask)
@@ -103,8 +103,7 @@ STANDALONE_BACKENDS = ("flex", "triton")
 _DECODE_BACKENDS: tuple = ()
 """SDPA backends (torch.nn.attention.SDPBackend) the one-token decode attention may use, or ("flex",)
 for FlexAttention, or ("triton",) for the Triton kernel; () leaves the choice to torch. Set by
-`decode_backends` while a FastGenerator
-decodes."""
+`decode_backends` while a FastGenerator decodes."""
 
 
 def flex_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
@@ -114,9 +113,7 @@ def flex_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mas
     float or boolean) added to the scores."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    if mask.dtype == torch.bool:
-        mask = torch.zeros((), dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
-    bias = mask[:, 0, 0, :]  # [B, L]
+    bias = additive_mask(mask, query.dtype)[:, 0, 0, :]  # [B, L]
 
     def add_mask(score, b, h, q_idx, kv_idx):
         return score + bias[b, kv_idx]

@@ -2,8 +2,9 @@
 
 How a batch is decoded:
 1. Prompts are left-padded into a batch of a bucketed size (filler rows are born finished) and
-   prefilled once, eagerly by default, into a `StaticCache` of a bucketed length L. Slot s of the cache holds
-   the s-th column of the padded sequence for every row, so all rows write the same slot each step.
+   prefilled once into a `StaticCache` of a bucketed length L (eagerly; on CUDA replayed from a CUDA
+   graph per prompt width, `graph_prefill`). Slot s of the cache holds the s-th column of the padded
+   sequence for every row, so all rows write the same slot each step.
 2. Each decode step - mark the new slot in the [B, L] attention mask, advance the position ids,
    run the model on one token per row, sample on the device, write the token, update `finished` -
    touches only preallocated buffers. On CUDA the step is captured once into a `torch.cuda.CUDAGraph`
@@ -669,9 +670,9 @@ class FastGenerator:
             warnings.warn(f"capturing the prompt pass in a CUDA graph failed ({type(err).__name__}: {err}); "
                           "prefilling without a graph", stacklevel=4)
             self.graph_prefill = False
-            _reset_write_counters(ws.full.cache)
             return None
-        _reset_write_counters(ws.full.cache)
+        finally:  # the caller's pass (a replay, or the eager fallback) writes from slot 0
+            _reset_write_counters(ws.full.cache)
         self.last_stats["graphs_captured"] += 1
         return _PrefillGraph(*inputs, logits=logits, graph=graph)
 

@@ -9,7 +9,8 @@ A as [sum of ranks, hidden] rows stacked under the group's base weights (x·Wᵀ
 one GEMM) and B (times its scaling) as one block-diagonal [sum of outputs, sum of ranks] matrix, so
 a group costs two GEMMs (base-and-A, B-and-add) instead of five kernels per member. LoRA stays
 unmerged on purpose: W + s·BA rounded to bf16 drops every delta entry below half a bf16 step of W,
-so early in training the sampling policy would silently be the base model's. Other LoRA-wrapped projections (o_proj, down_proj) get the same two-GEMM form.
+so early in training the sampling policy would silently be the base model's. Other LoRA-wrapped
+projections (o_proj, down_proj) get the same two-GEMM form.
 While `patched()` is active the model's projection modules are replaced by shims that read these
 matrices; outside it the model is untouched, and training and teacher scoring never see the shims.
 

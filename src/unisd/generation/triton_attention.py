@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from unisd.generation._util import additive_mask
+
 try:
     import triton
     import triton.language as tl
@@ -157,8 +159,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         raise ValueError(f"splits must be >= 1, got {splits}")
     if triton is None:
         raise RuntimeError("the Triton decode attention needs Triton (the CPU wheel of torch has none)")
-    if mask.dtype == torch.bool:
-        mask = torch.zeros((), dtype=query.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    mask = additive_mask(mask, query.dtype)
     bias = mask.reshape(mask.shape[0], mask.shape[-1]).expand(query.shape[0], key.shape[2])
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     return _grouped_decode_attention(query, key, value, bias, float(scale), block_n, num_warps, splits)
