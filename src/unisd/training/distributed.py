@@ -78,7 +78,11 @@ def init() -> DistContext:
 
 
 def shutdown() -> None:
+    """Leave the process group once every rank is done: rank 0 prints the summary after the run
+    while the others would otherwise tear their side down under it (a gloo rank was seen to abort
+    in its C++ threads, "terminate called without an active exception", after a finished run)."""
     if dist.is_initialized():
+        barrier()
         dist.destroy_process_group()
 
 
