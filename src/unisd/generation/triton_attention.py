@@ -109,7 +109,7 @@ if triton is not None:
     @triton_op("unisd::grouped_decode_attention", mutates_args=())
     def _grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                   bias: torch.Tensor, scale: float, block_n: int = 64,
-                                  num_warps: int = 4, splits: int = 1) -> torch.Tensor:
+                                  num_warps: int = 1, splits: int = 1) -> torch.Tensor:
         batch, kv_heads, groups, head_dim = query.shape
         length = key.shape[2]
         blocks = triton.cdiv(length, block_n)
@@ -141,7 +141,7 @@ if triton is not None:
 
 
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-                     scale: float | None = None, *, block_n: int = 64, num_warps: int = 4,
+                     scale: float | None = None, *, block_n: int = 64, num_warps: int = 1,
                      splits: int = 1) -> torch.Tensor:
     """softmax(q·kᵀ·scale + mask)·v for one query token per row, the query heads grouped per KV head.
 
@@ -149,7 +149,9 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     True = attend), as SDPA takes it. Returns [B, H_kv, G, D] in the query's dtype; zeros for a row
     the mask hides entirely (as torch's SDPA math path gives). `block_n` (cache slots
     per block, a power of two >= 16), `num_warps` and `splits` are the kernel's launch settings
-    (untuned: `benchmarks/decode_attention_bench.py` compares them). `splits` > 1 divides each
+    (chosen on an H200 with `benchmarks/decode_attention_bench.py`, 2026-11-29: block 64 with one
+    warp took 13-49% less time than with 4 warps at batch 64/256 x cache 256/1024 and was within 15%
+    of the fastest setting at each of those shapes; splits only added time there). `splits` > 1 divides each
     row's cache among that many programs (flash-decoding), whose partial results are then combined:
     more parallel work for long caches or few rows, at the price of a second pass.
     """
