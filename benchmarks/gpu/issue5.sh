@@ -10,8 +10,8 @@
 #   train@G    a short LoRA sdft run on the random SmolLM2-135M architecture (no staging), the fast
 #              generator's defaults against the old ones (rollout.decode_attention=sdpa,
 #              rollout.graph_prefill=false): rollout time, peak memory, finite losses
-#   mem@G      trl_compare.py, unisd side only, with rollout.release_memory (with activation
-#              checkpointing, then with model.compile instead): peak memory against TRL's, measured in the same settings
+#   mem@G      trl_compare.py, unisd side only, with rollout.release_memory (with model.compile at
+#              batch 16 and 64, then with activation checkpointing at batch 16): peak memory against TRL's, measured in the same settings
 #              (docs/benchmarks.md), batch 16, 64
 #   bench@G    unisd bench on Qwen2.5-Coder-0.5B, one micro-batch per step (the recipes' micro-batch
 #              of 4 dominated the step before)
@@ -46,15 +46,15 @@ job() {  # job name, seconds
          done ;;
     kernels) mkdir -p $OUT/kernels
          timeout $2 python3 benchmarks/decode_attention_bench.py --out $OUT/kernels > $OUT/kernels/log.txt 2>&1 ;;
-    mem) # generator memory freed before each backward, with activation checkpointing (TRL's peak with
-         # it: 4.16 / 13.27 GB) and with model.compile instead (2026-11-29: checkpointing alone gave
-         # 0.71x TRL's peak at batch 16, model.compile alone 0.72x)
-         for extra in "--gradient-checkpointing" "--unisd-set model.compile=true"; do
-           case $extra in --grad*) name=mem_release_gc;; *) name=mem_release_compile;; esac
+    mem) # generator memory freed before each backward: with model.compile (no checkpointing, as
+         # TRL's 7.86 / 29.95 GB) at batch 16 and 64, then with activation checkpointing (TRL's
+         # checkpointed peak: 4.16 GB) at batch 16; recompiles logged
+         for extra in "--unisd-set model.compile=true" "--gradient-checkpointing"; do
+           case $extra in --grad*) name=mem_release_gc; bs=16;; *) name=mem_release_compile; bs="16 64";; esac
            env TORCH_LOGS=recompiles timeout $(($2 / 2)) python3 benchmarks/trl_compare.py --which unisd \
              --unisd-set rollout.release_memory=true \
-             $extra --model $SMOL --data-dir /tmp/unisd-data --split train --batch-size 16 64 --steps 6 \
-             --max-new-tokens 128 --run-timeout $(($2 / 4)) --out $OUT/$name > $OUT/$name.log 2>&1
+             $extra --model $SMOL --data-dir /tmp/unisd-data --split train --batch-size $bs --steps 6 \
+             --max-new-tokens 128 --run-timeout $(($2 / 2 - 30)) --out $OUT/$name > $OUT/$name.log 2>&1
          done ;;
     bench) mkdir -p $OUT/bench
          timeout $2 python3 -m unisd bench sdft --model $QWEN --task gsm8k --data-dir /tmp/unisd-data \

@@ -28,6 +28,8 @@ from typing import Sequence
 
 import torch
 
+from unisd.objectives.divergence import HeadLogits
+
 
 @dataclass
 class View:
@@ -114,21 +116,27 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     return decoder, base.get_output_embeddings()
 
 
-def completion_outputs(model: torch.nn.Module, view: View, *, hidden_layer: int | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def completion_outputs(model: torch.nn.Module, view: View, *, hidden_layer: int | None = None,
+                       lazy_logits: bool = False) -> tuple[torch.Tensor | HeadLogits, torch.Tensor | None]:
     """Logits [N, V] (model dtype) predicting each completion token, and optionally the hidden
     state [N, H] of layer `hidden_layer` (index into HF `hidden_states`; -1 = final output, after
-    the final norm) at the same positions."""
+    the final norm) at the same positions.
+
+    `lazy_logits=True` returns the logits as `HeadLogits` (the final hidden states and the head,
+    not yet applied), for the chunked divergences to apply one chunk at a time: the training
+    step's student, whose [N, V] logits and their gradient would otherwise be held whole. The
+    head then runs later, so the caller must not change the model's weights or active adapters
+    in between (a teacher view that swaps them must have restored them)."""
     decoder, head = decoder_and_head(model)
     want_all = hidden_layer is not None and hidden_layer != -1
     out = decoder(input_ids=view.input_ids, attention_mask=view.attention_mask,
                   output_hidden_states=want_all, use_cache=False)
     last = out.last_hidden_state
     flat = last.reshape(-1, last.shape[-1]).index_select(0, view.gather_index)
-    logits = head(flat)
+    # Gemma: the LM applies tanh soft-capping after the head
     cap = getattr(_unwrap(model).config, "final_logit_softcapping", None)
-    if cap:  # Gemma: the LM applies tanh soft-capping after the head
-        logits = torch.tanh(logits / cap) * cap
+    lazy = HeadLogits(flat, head, softcap=cap)
+    logits = lazy if lazy_logits else lazy.materialize()
     hidden = None
     if hidden_layer is not None:
         source = last if not want_all else out.hidden_states[hidden_layer]

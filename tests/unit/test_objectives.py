@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from unisd.objectives import (
+    HeadLogits,
     chunked_token_divergence,
     entropy,
     global_mean,
@@ -243,6 +244,126 @@ def test_chunked_without_grad_and_empty_input():
     assert out.shape == (0,)
     with pytest.raises(ValueError, match="chunk"):
         chunked_token_divergence(s, t, kind="jsd", chunk=0)
+
+
+# ----- logits left as hidden states + head (HeadLogits) ----------------------------------------
+
+def _head(h=5, v=13, seed=8, bias=True):
+    torch.manual_seed(seed)
+    return torch.nn.Linear(h, v, bias=bias).double()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("chunk", [1, 4, 50])
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_head_logits_give_the_values_and_gradients_of_materialised_logits(kind, chunk, softcap):
+    head = _head()
+    hidden = torch.randn(10, 5, dtype=torch.float64)
+    t = torch.randn(10, 13, dtype=torch.float64)
+    w = torch.linspace(0.5, 2.0, 10, dtype=torch.float64)
+
+    def run(lazy: bool):
+        head.zero_grad()
+        x = hidden.clone().requires_grad_(True)
+        lz = HeadLogits(x, head, softcap=softcap)
+        s = lz if lazy else lz.materialize()
+        d = chunked_token_divergence(s, t, kind=kind, beta=0.3, temperature=0.8, chunk=chunk)
+        e = entropy(s, temperature=0.8, chunk=chunk)
+        lp = sampled_token_logp(s, torch.arange(10) % 13, chunk=chunk)
+        ((d + 0.1 * e - lp) * w).sum().backward()
+        return d.detach(), e.detach(), lp.detach(), x.grad, head.weight.grad.clone(), head.bias.grad.clone()
+
+    for got, want in zip(run(True), run(False)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # the soft-capping is applied: capped logits differ from raw ones
+    if softcap:
+        raw = chunked_token_divergence(head(hidden), t, kind=kind, beta=0.3, temperature=0.8)
+        capped = chunked_token_divergence(HeadLogits(hidden, head, softcap=softcap), t, kind=kind, beta=0.3,
+                                          temperature=0.8)
+        assert not torch.allclose(raw, capped)
+
+
+def test_head_logits_hand_value():
+    # hidden [1, 1] = 2, head weights [1, -1] (no bias): logits [2, -2], teacher logits [0, 0]
+    head = torch.nn.Linear(1, 2, bias=False).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    z = math.exp(2) + math.exp(-2)
+    want = 0.5 * math.log(0.5 * z / math.exp(2)) + 0.5 * math.log(0.5 * z / math.exp(-2))  # KL(T || S)
+    got = chunked_token_divergence(HeadLogits(torch.tensor([[2.0]], dtype=torch.float64), head),
+                                   torch.zeros(1, 2, dtype=torch.float64), kind="forward_kl")
+    assert float(got.detach()) == pytest.approx(want, rel=1e-12)
+
+
+def test_head_logits_never_hold_whole_logits_or_their_gradient():
+    """Every tensor made in forward and backward is at most one chunk of logits: the [N, V] logits
+    and their [N, V] gradient never exist (probe: the materialised path makes them)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    n, v, chunk = 12, 40, 3
+
+    class Largest(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.rows_of_v = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+            for x in out if isinstance(out, (tuple, list)) else (out,):
+                # new memory only: views (the teacher's detach) share their input's storage
+                if (isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[-1] == v
+                        and x.untyped_storage().data_ptr() not in inputs):
+                    self.rows_of_v = max(self.rows_of_v, x.numel() // v)
+            return out
+
+    head = torch.nn.Linear(8, v).bfloat16()
+    t = torch.randn(n, v).bfloat16()
+
+    def largest(lazy: bool) -> int:
+        x = torch.randn(n, 8).bfloat16().requires_grad_(True)
+        with Largest() as probe:
+            lz = HeadLogits(x, head)
+            s = lz if lazy else lz.materialize()
+            chunked_token_divergence(s, t, kind="jsd", chunk=chunk).sum().backward()
+        return probe.rows_of_v
+
+    assert largest(False) == n  # probe works: materialised logits and gradient are [N, V]
+    assert largest(True) <= chunk
+
+
+def test_head_logits_detach_indexing_and_no_grad():
+    head = _head()
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    lz = HeadLogits(x, head)
+    assert lz.shape == (6,)
+    rows = torch.tensor([True, False, True, True, False, False])
+    torch.testing.assert_close(lz[rows].materialize(), head(x[rows]))
+    out = entropy(lz.detach(), chunk=2)
+    assert not out.requires_grad  # neither the hidden states nor the head's weights
+    torch.testing.assert_close(out, entropy(head(x).detach()))
+
+
+def test_head_logits_replay_the_heads_random_numbers_in_backward():
+    """A head with dropout (LoRA dropout on the LM head): the backward's recomputation draws the
+    same mask as the forward, so the gradient is the one of the values that were returned."""
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(5, 13)).double().train()
+    hidden = torch.randn(6, 5, dtype=torch.float64)
+    t = torch.randn(6, 13, dtype=torch.float64)
+
+    def grads(lazy: bool):
+        x = hidden.clone().requires_grad_(True)
+        torch.manual_seed(123)
+        lz = HeadLogits(x, head)
+        d = chunked_token_divergence(lz if lazy else lz.materialize(), t, kind="reverse_kl", chunk=6)
+        torch.manual_seed(999)  # anything drawn before backward must not matter
+        torch.rand(100)
+        d.sum().backward()
+        return d.detach(), x.grad
+
+    for got, want in zip(grads(True), grads(False)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 # ----- sampled-token log-probs and entropy ---------------------------------------------------

@@ -208,3 +208,57 @@ def test_logits_align_across_views(models):
     logits, _ = completion_outputs(student, a)
     full = student(input_ids=a.input_ids, attention_mask=a.attention_mask).logits
     torch.testing.assert_close(logits, full.reshape(-1, full.shape[-1])[a.gather_index], rtol=1e-5, atol=1e-5)
+
+
+def test_step_loss_and_gradients_equal_full_logits_reference(models):
+    """The step applies the student's head chunk by chunk (HeadLogits); its loss and gradients are
+    those of the divergence on full-forward logits, computed here without any chunking."""
+    from unisd.objectives import token_divergence
+    from unisd.training.views import build_view
+
+    student, teacher = models
+    rows = make_rows(batch=4)
+    n_tok = count_loss_tokens(rows)
+    loss, grads = run(student, teacher, rows, SDFT, micro=4)
+
+    student.zero_grad(set_to_none=True)
+    s_view = build_view(rows.student_prompts, rows.completions, 0)
+    t_view = build_view(rows.teacher_prompts, rows.completions, 0)
+    s_full = student(input_ids=s_view.input_ids, attention_mask=s_view.attention_mask).logits
+    with torch.no_grad():
+        t_full = teacher(input_ids=t_view.input_ids, attention_mask=t_view.attention_mask).logits
+    s = s_full.reshape(-1, VOCAB)[s_view.gather_index]
+    t = t_full.reshape(-1, VOCAB)[t_view.gather_index]
+    want = token_divergence(s, t, kind=SDFT.divergence, beta=SDFT.beta, temperature=SDFT.temperature).sum() / n_tok
+    want.backward()
+    want_grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                            for p in student.parameters()])
+    assert loss == pytest.approx(float(want), rel=1e-5)
+    torch.testing.assert_close(grads, want_grads, rtol=1e-4, atol=1e-6)
+
+
+def test_step_never_holds_the_students_whole_logits(models):
+    """Of the [N, V] tensors a step allocates (forward and backward), only the teacher's logits
+    remain: the student's logits and their gradient exist one vocab chunk at a time."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    student, teacher = models
+    rows = make_rows(batch=4)
+    n = count_loss_tokens(rows)
+    objective = with_(SDFT, vocab_chunk=4)
+
+    class WholeLogits(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+            for x in out if isinstance(out, (tuple, list)) else (out,):
+                if (isinstance(x, torch.Tensor) and tuple(x.shape) == (n, VOCAB)
+                        and x.untyped_storage().data_ptr() not in inputs):
+                    WholeLogits.count += 1
+            return out
+
+    with WholeLogits():
+        run(student, teacher, rows, objective, micro=4)
+    assert WholeLogits.count == 1  # the teacher's head output

@@ -16,6 +16,7 @@ from unisd.objectives.agreement import (
 from unisd.objectives.clipping import ClipResult, clip_divergence, masked_quantile
 from unisd.objectives.contrastive import distribution_contrastive, hinge_contrastive
 from unisd.objectives.divergence import (
+    HeadLogits,
     chunked_token_divergence,
     entropy,
     sampled_token_logp,
@@ -25,7 +26,7 @@ from unisd.objectives.features import feature_matching
 from unisd.objectives.reduce import global_mean, token_sum
 
 __all__ = [
-    "ClipResult", "chunked_token_divergence", "clip_divergence", "disagreement",
+    "ClipResult", "HeadLogits", "chunked_token_divergence", "clip_divergence", "disagreement",
     "distribution_contrastive", "entropy", "feature_matching", "global_mean",
     "hinge_contrastive", "masked_quantile", "sampled_token_logp", "select_uncertain",
     "sequence_weights", "token_divergence", "token_sum", "token_weights", "weight_stats",

@@ -5,8 +5,12 @@ the entropy, one value per completion position, in float32 whatever the logits' 
 `chunked_*` forms give the same values and gradients while holding the float32 [chunk, V]
 intermediates of one row chunk at a time, in forward and backward.
 
+The student's logits may also come as `HeadLogits` (hidden states [N, H] and the LM head, not yet
+applied): the chunked functions then apply the head one chunk at a time, inside the chunk's
+checkpoint, so neither the [N, V] logits nor their gradient ever exists whole.
+
 It does not mask, weight, clip or reduce (see `reduce`, `clipping`, `agreement`), and it never
-sees a model: callers gather the completion positions into [N, V] first.
+sees a model: callers gather the completion positions into [N, V] (or [N, H]) first.
 
 Shapes: N completion positions (flattened over batch and time), V vocabulary.
 Logits must be finite; -inf entries (a masked vocabulary) would turn 0 * log 0 into NaN.
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -61,6 +67,47 @@ def _divergence_rows(student_logits: Tensor, teacher_logits: Tensor, *, kind: st
     return beta * _kl(t, log_m) + (1.0 - beta) * _kl(s, log_m)
 
 
+@dataclass(frozen=True)
+class HeadLogits:
+    """Logits not computed yet: `head(hidden)`, then Gemma's tanh soft-capping where `softcap` is set.
+
+    The chunked functions of this module take it wherever they take student logits and apply the
+    head to one row chunk at a time inside that chunk's checkpoint: the [N, V] logits and their
+    [N, V] gradient never exist whole (in bf16 at batch 16 x 110 completion tokens and a 49k
+    vocabulary, 172 MB each); the head's parameters get their gradient through the chunks'
+    recomputation. The price is one extra head matmul per use in backward. `grad=False` (see
+    `detach`) runs the head under no_grad.
+
+    hidden: [N, H]; head: [*, H] -> [*, V] (an nn.Linear, a peft-wrapped one, ...).
+    """
+
+    hidden: Tensor
+    head: Callable[[Tensor], Tensor]
+    softcap: float | None = None
+    grad: bool = True
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.hidden.shape[:1]  # rows; V is known only once the head has run
+
+    def of(self, hidden: Tensor) -> Tensor:
+        """Logits of some rows of `hidden`."""
+        with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
+            logits = self.head(hidden)
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def materialize(self) -> Tensor:
+        return self.of(self.hidden)
+
+    def detach(self) -> HeadLogits:
+        return replace(self, hidden=self.hidden.detach(), grad=False)
+
+    def __getitem__(self, rows) -> HeadLogits:
+        return replace(self, hidden=self.hidden[rows])
+
+
 def _map_rows(fn, tensors: tuple[Tensor, ...], chunk: int) -> Tensor:
     """Applies a row-wise fn to row chunks, recomputing each chunk in backward.
 
@@ -68,15 +115,25 @@ def _map_rows(fn, tensors: tuple[Tensor, ...], chunk: int) -> Tensor:
     slicing, whose backward would allocate a full-size zero gradient per chunk. Under
     non-reentrant checkpointing only the chunk's inputs (views of the caller's logits, in
     their own dtype) are kept; the float32 intermediates are rebuilt one chunk at a time.
+    A `HeadLogits` first input is split by its hidden rows, and its head runs inside the chunk.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk!r}")
+    head_grad = False
+    if isinstance(tensors[0], HeadLogits):
+        lazy, row_fn = tensors[0], fn
+        head_grad = lazy.grad
+        tensors = (lazy.hidden, *tensors[1:])
+
+        def fn(hidden, *rest):
+            return row_fn(lazy.of(hidden), *rest)
     if tensors[0].shape[0] == 0:
         return fn(*tensors)
     pieces = []
     for parts in zip(*(x.split(chunk, dim=0) for x in tensors)):
-        if torch.is_grad_enabled() and any(p.requires_grad for p in parts):
-            pieces.append(checkpoint(fn, *parts, use_reentrant=False, preserve_rng_state=False))
+        if torch.is_grad_enabled() and (head_grad or any(p.requires_grad for p in parts)):
+            # a head may draw random numbers (LoRA dropout on the LM head): replay them in backward
+            pieces.append(checkpoint(fn, *parts, use_reentrant=False, preserve_rng_state=head_grad))
         else:
             pieces.append(fn(*parts))
     return torch.cat(pieces)
@@ -121,7 +178,7 @@ def chunked_token_divergence(student_logits: Tensor, teacher_logits: Tensor, *, 
     backward. The gradient w.r.t. `student_logits` is in their own dtype (e.g. bf16).
 
     Args:
-        student_logits: [N, V]; gradients flow here.
+        student_logits: [N, V], or `HeadLogits`; gradients flow here.
         teacher_logits: [N, V]; detached.
         kind, beta, temperature: as in `token_divergence`.
         chunk: rows per chunk (>= 1); `ObjectiveConfig.vocab_chunk`.
@@ -145,7 +202,7 @@ def sampled_token_logp(logits: Tensor, token_ids: Tensor, *, temperature: float 
     """Log-probability of the sampled token at each position, at a logit temperature.
 
     Args:
-        logits: [N, V] any float dtype; gradients flow through.
+        logits: [N, V] any float dtype, or `HeadLogits`; gradients flow through.
         token_ids: [N] integer ids of the tokens that were sampled at those positions.
         temperature: divides the logits before the softmax; > 0.
         chunk: rows per checkpointed chunk (memory bound as in `chunked_token_divergence`).
@@ -170,7 +227,7 @@ def entropy(logits: Tensor, *, temperature: float = 1.0, chunk: int = 1024) -> T
     """Entropy of softmax(logits / temperature) at each position, in nats.
 
     Args:
-        logits: [N, V] any float dtype.
+        logits: [N, V] any float dtype, or `HeadLogits`.
         temperature: > 0.
         chunk: rows per checkpointed chunk.
 

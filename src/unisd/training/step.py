@@ -90,7 +90,8 @@ def micro_batch_loss(model: torch.nn.Module, rows: RolloutRows, ctx: StepContext
     use_features = feat.only or feat.weight > 0
     hidden_layer = feat.layer if use_features else None
 
-    s_logits, s_hidden = completion_outputs(model, student_view, hidden_layer=hidden_layer)
+    # the student's logits stay [N, H] hidden states + head until each chunked term applies the head
+    s_logits, s_hidden = completion_outputs(model, student_view, hidden_layer=hidden_layer, lazy_logits=True)
     metrics["tokens_sum"] = float(mask.sum())
     with torch.no_grad():  # collapse watch: the student's uncertainty on the tokens it learns from
         metrics["student/entropy_sum"] = float((divergence.entropy(s_logits, chunk=cfg.vocab_chunk) * mask).sum())
@@ -116,7 +117,7 @@ def micro_batch_loss(model: torch.nn.Module, rows: RolloutRows, ctx: StepContext
     chunk = cfg.vocab_chunk
 
     # ---- per-token divergence, clipping, agreement weights ----
-    loss = s_logits.new_zeros((), dtype=torch.float32)
+    loss = mask.new_zeros((), dtype=torch.float32)
     if not feat.only:
         d = divergence.chunked_token_divergence(s_logits, t_logits, kind=cfg.divergence, beta=cfg.beta,
                                                 temperature=temp, chunk=chunk)
@@ -147,7 +148,8 @@ def micro_batch_loss(model: torch.nn.Module, rows: RolloutRows, ctx: StepContext
 
 
 def _agreement_weights(model, rows: RolloutRows, ctx: StepContext, student_view: View, d: torch.Tensor,
-                       s_logits: torch.Tensor, mask: torch.Tensor, metrics: dict) -> torch.Tensor:
+                       s_logits: torch.Tensor | divergence.HeadLogits, mask: torch.Tensor, metrics: dict
+                       ) -> torch.Tensor:
     """Reliability weights from the K auxiliary teachers ([N], ones when agreement is off)."""
     cfg = ctx.objective.agreement
     ones = torch.ones_like(mask)
@@ -220,7 +222,7 @@ def _contrastive_sum(rows, ctx, student_view, s_logits, t_logits, t_logits_all, 
     token_has = has_neg[student_view.example_of_token]
     metrics["contrastive/rows_without_negative_sum"] = float(len(rows) - len(neg_rows))
     if not neg_rows:
-        return s_logits.new_zeros((), dtype=torch.float32)
+        return mask.new_zeros((), dtype=torch.float32)
     bad_logits = t_logits_all[slices[1]]
     cmask = mask[token_has]
     if cfg.contrastive.variant == "hinge":
