@@ -251,8 +251,11 @@ class ObjectiveConfig:
     KL(teacher||student) and beta=1 gives KL(student||teacher) in the limit (TRL GKD)."""
     temperature: float = 1.0
     """Logit temperature for both distributions in the divergence."""
-    vocab_chunk: int = 1024
-    """Completion positions per chunk when computing the float32 divergence (memory bound)."""
+    vocab_chunk: int = 256
+    """Completion positions per chunk when computing the float32 divergence (memory bound): each
+    chunk makes a few float32 [chunk, V] temporaries (a 49k vocabulary: 50 MB each at 256). 1024
+    made them the largest transient of a batch-16 step (0.82 GB more live tensor memory than 256,
+    measured on the CPU with SmolLM2's vocabulary, `benchmarks/step_peak_memory.py`)."""
     agreement: AgreementConfig = field(default_factory=AgreementConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
