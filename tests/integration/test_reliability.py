@@ -4,6 +4,7 @@ are dropped, truncated or refused as configured and always counted; the summary 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -16,6 +17,7 @@ import unisd.training.step as step
 from unisd.cli.main import main
 from unisd.config import load_config
 from unisd.errors import ResourceError, TrainingStopped
+from unisd.objectives import HeadLogits
 from unisd.tasks.base import DataError
 from unisd.training.loop import train
 
@@ -58,7 +60,11 @@ def test_non_finite_steps_are_skipped_logged_and_stop_the_run(tiny_model_dir, tm
     def poisoned(model, view, **kwargs):  # the student forward; one micro-batch per step here
         calls.append(1)
         logits, hidden = real(model, view, **kwargs)
-        return (logits * float("nan"), hidden) if len(calls) in bad_steps else (logits, hidden)
+        if len(calls) not in bad_steps:
+            return logits, hidden
+        if isinstance(logits, HeadLogits):  # the step's student logits: hidden states + head
+            return dataclasses.replace(logits, hidden=logits.hidden * float("nan")), hidden
+        return logits * float("nan"), hidden
 
     monkeypatch.setattr(step, "completion_outputs", poisoned)
     cfg = load_config("sft", tiny_sets(tiny_model_dir, tmp_path, ["optim.steps=8", "optim.max_bad_steps=2",
