@@ -262,3 +262,23 @@ def test_step_never_holds_the_students_whole_logits(models):
     with WholeLogits():
         run(student, teacher, rows, objective, micro=4)
     assert WholeLogits.count == 1  # the teacher's head output
+
+
+def test_every_chunked_term_uses_the_configured_chunk(models, monkeypatch):
+    """`objective.vocab_chunk` bounds every chunked term, the distribution contrastive's included
+    (it once fell back to the function's own default of 1024 rows)."""
+    import unisd.objectives.divergence as divergence_module
+
+    chunks = []
+    real = divergence_module._map_rows
+
+    def spy(fn, tensors, chunk):
+        chunks.append(chunk)
+        return real(fn, tensors, chunk)
+
+    monkeypatch.setattr(divergence_module, "_map_rows", spy)
+    student, teacher = models
+    objective = with_(SDFT, vocab_chunk=3, contrastive__weight=0.5, contrastive__variant="distribution",
+                      agreement__granularity="token")
+    run(student, teacher, make_rows(), objective, micro=6)
+    assert chunks and set(chunks) == {3}
