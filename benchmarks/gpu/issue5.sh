@@ -11,8 +11,8 @@
 #              generator's defaults against the old ones (rollout.decode_attention=sdpa,
 #              rollout.graph_prefill=false): rollout time, peak memory, finite losses
 #   mem@G      trl_compare.py, unisd side only, with rollout.release_memory (with model.compile at
-#              batch 16 and 64, then with activation checkpointing at batch 16): peak memory against TRL's, measured in the same settings
-#              (docs/benchmarks.md), batch 16, 64
+#              batch 16 and 64, then with activation checkpointing at batch 16): peak memory against
+#              TRL's, measured in the same settings (docs/benchmarks.md)
 #   bench@G    unisd bench on Qwen2.5-Coder-0.5B, one micro-batch per step (the recipes' micro-batch
 #              of 4 dominated the step before)
 #   scale@G,H  data parallelism on the random SmolLM2 architecture, replicate then fsdp, 2 GPUs
