@@ -310,6 +310,35 @@ def main() -> None:
         print(json.dumps(res[key], indent=1)[:3000], flush=True)
 
     section("decode_step_profile_b64", lambda: profile_decode(default, "decode_step_profile_b64"))
+
+    # ----- where the prompt pass's GPU time goes: a call with one new token (the prompt pass and
+    # one sampling), without graphs so the kernels show
+    def profile_prefill(gen: FastGenerator, key: str) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        gen.cuda_graph = False
+        params = SamplingParams(max_new_tokens=1, temperature=0.0)
+        try:
+            gen.generate(model, prompts64, params, eos_token_ids=[], pad_token_id=pad)  # warm
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                gen.generate(model, prompts64, params, eos_token_ids=[], pad_token_id=pad)
+        finally:
+            gen.cuda_graph = None
+        rows = []
+        for e in prof.key_averages():
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            if t > 0:
+                rows.append((e.key, e.count, t))
+        rows.sort(key=lambda r: -r[2])
+        res[key] = {"note": "one call with max_new_tokens=1 at batch 64 (prompt pass + one sampling), "
+                            "eager, no CUDA graph; device time per kernel name",
+                    "width": max(len(p) for p in prompts64),
+                    "kernel_time_us": round(sum(r[2] for r in rows), 1),
+                    "kernel_launches": sum(r[1] for r in rows),
+                    "top": [{"name": k[:120], "calls": c, "us": round(t, 2)} for k, c, t in rows[:25]]}
+        print(json.dumps(res[key], indent=1)[:3000], flush=True)
+
+    section("prefill_profile_b64", lambda: profile_prefill(default, "prefill_profile_b64"))
     section("decode_step_profile_flex_b64", lambda: profile_decode(flex, "decode_step_profile_flex_b64"))
     section("decode_step_profile_triton_b64", lambda: profile_decode(tri, "decode_step_profile_triton_b64"))
 

@@ -5,8 +5,8 @@
 #   gen@G      generation_bench.py (random SmolLM2-135M architecture, no staging needed): float32
 #              greedy parity incl. the graphed prompt pass's replay, the default fast generator, HF
 #              default and static caches, batch 128-4096, a LoRA-wrapped student
-#   kernels@G  decode_attention_bench.py: the decode attention alone (SDPA backends, FlexAttention,
-#              the Triton kernel's launch settings)
+#   kernels@G  decode_attention_bench.py: the decode attention alone, torch's SDPA choice against the
+#              Triton kernel's launch settings, each call reading another of 30 caches (as a step does)
 #   train@G    a short LoRA sdft run on the random SmolLM2-135M architecture (no staging), the fast
 #              generator's defaults against the old ones (rollout.decode_attention=sdpa,
 #              rollout.graph_prefill=false): rollout time, peak memory, finite losses
@@ -33,6 +33,7 @@ job() {  # job name, seconds
          timeout $2 python3 benchmarks/generation_bench.py --out $OUT/gen --budget-s $(($2 - 90)) --sections \
            parity_fp32 fast_compiled_b64 hf_default_b64 hf_static_b64 fast_compiled_b128 fast_compiled_b256 \
            fast_compiled_b512 fast_compiled_b1024 fast_compiled_b2048 fast_compiled_b4096 fast_lora_b64 \
+           decode_step_profile_b64 prefill_profile_b64 \
            > $OUT/gen/log.txt 2>&1 ;;
     train) mkdir -p $OUT/train
          python3 benchmarks/scaling_random.py /tmp/rnd > /dev/null
@@ -44,8 +45,9 @@ job() {  # job name, seconds
              > $OUT/train/$variant.log 2>&1
            cp /tmp/train1/$variant/metrics.jsonl $OUT/train/$variant.metrics.jsonl 2>/dev/null
          done ;;
-    kernels) mkdir -p $OUT/kernels
-         timeout $2 python3 benchmarks/decode_attention_bench.py --out $OUT/kernels > $OUT/kernels/log.txt 2>&1 ;;
+    kernels) mkdir -p $OUT/kernels  # each call reads another layer's cache, as in a decode step (cold L2)
+         timeout $2 python3 benchmarks/decode_attention_bench.py --out $OUT/kernels --layers 30 --only-triton \
+           --batch 16 64 256 --length 256 1024 > $OUT/kernels/log.txt 2>&1 ;;
     mem) # generator memory freed before each backward: with model.compile (no checkpointing, as
          # TRL's 7.86 / 29.95 GB) at batch 16 and 64, then with activation checkpointing (TRL's
          # checkpointed peak: 4.16 GB) at batch 16; recompiles logged

@@ -108,6 +108,34 @@ def test_hidden_blocks_are_not_read_interpreted():
 
 
 @interpreted_only
+@pytest.mark.parametrize("block_n", [16, 64])
+def test_hidden_slots_are_not_read_interpreted(block_n):
+    # NaN in every slot the mask hides, including those inside blocks that are partly visible (a left
+    # padding that ends mid-block, random holes): the kernel's loads are predicated per slot, so no
+    # NaN reaches the result (reading them would give NaN + -inf = NaN scores, and 0 * NaN in p·V)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(3, 2, 3, 16, generator=g), torch.randn(3, 2, 100, 16, generator=g),
+               torch.randn(3, 2, 100, 16, generator=g))
+    visible = torch.rand(3, 100, generator=g) > 0.5
+    visible[0, :37] = False  # a left padding ending mid-block
+    mask = visible[:, None, None, :]
+    want = naive_attention(q, k, v, mask, 0.25)
+    hidden = ~visible[:, None, :, None].expand_as(k)
+    k[hidden], v[hidden] = float("nan"), float("nan")
+    out = triton_attention.decode_attention(q, k, v, mask, 0.25, block_n=block_n)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_launch_settings_are_valid():
+    # whatever the shape, the chosen block is a power of two >= 16 and the warps a power of two <= 8
+    for programs in (1, 48, 192, 768, 6144):
+        for length in (16, 128, 256, 1024, 4096):
+            block_n, warps = triton_attention.launch_settings(programs, length)
+            assert block_n >= 16 and block_n & (block_n - 1) == 0
+            assert warps in (1, 2, 4, 8)
+
+
+@interpreted_only
 def test_generator_decodes_with_the_kernel_interpreted():
     from test_generation import GREEDY, PAD, _tiny_llama, fast_gen, naive_greedy
 

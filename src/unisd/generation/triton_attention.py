@@ -75,10 +75,14 @@ if triton is not None:
             n_ok = n < L
             bias = tl.load(Bias + b * sbb + n * sbl, mask=n_ok, other=float("-inf")).to(tl.float32)
             if tl.max(bias, axis=0) > float("-inf"):  # else the mask hides the whole block: skip its K/V
-                k = tl.load(K + b * skb + h * skh + n[:, None] * skl + offs_d[None, :] * skd,
-                            mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+                # only visible slots are read (predicated loads: no memory traffic for the rest), and
+                # V is requested with K, so a block costs one memory round trip, not two
+                seen = (n_ok & (bias > float("-inf")))[:, None] & d_ok[None, :]
+                k = tl.load(K + b * skb + h * skh + n[:, None] * skl + offs_d[None, :] * skd, mask=seen, other=0.0)
+                v = tl.load(V + b * svb + h * svh + n[:, None] * svl + offs_d[None, :] * svd, mask=seen, other=0.0)
                 if UPCAST:
                     k = k.to(tl.float32)
+                    v = v.to(tl.float32)
                 s = tl.dot(q, tl.trans(k), input_precision="ieee" if UPCAST else None)
                 # float32 throughout (inside a compiled graph the scale can arrive as a float64 scalar)
                 s = (s * scale).to(tl.float32) + bias[None, :]
@@ -86,10 +90,6 @@ if triton is not None:
                 alpha = tl.exp(m_i - m_new)  # m_i = -inf on a row's first visible block: alpha 0
                 p = tl.exp(s - m_new[:, None])
                 l_i = l_i * alpha + tl.sum(p, axis=1)
-                v = tl.load(V + b * svb + h * svh + n[:, None] * svl + offs_d[None, :] * svd,
-                            mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-                if UPCAST:
-                    v = v.to(tl.float32)
                 pv = tl.dot(p.to(v.dtype), v, input_precision="ieee" if UPCAST else None)
                 acc = acc * alpha[:, None] + pv
                 m_i = m_new
@@ -140,8 +140,13 @@ if triton is not None:
         return torch.where(norm > 0, mixed, torch.zeros_like(mixed)).to(query.dtype)
 
 
+def launch_settings(programs: int, length: int) -> tuple[int, int]:
+    """(block_n, num_warps) for `programs` (rows x KV heads) programs over a cache of `length` slots."""
+    return 64, 1
+
+
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-                     scale: float | None = None, *, block_n: int = 64, num_warps: int = 1,
+                     scale: float | None = None, *, block_n: int | None = None, num_warps: int | None = None,
                      splits: int = 1) -> torch.Tensor:
     """softmax(q·kᵀ·scale + mask)·v for one query token per row, the query heads grouped per KV head.
 
@@ -155,6 +160,9 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     row's cache among that many programs (flash-decoding), whose partial results are then combined:
     more parallel work for long caches or few rows, at the price of a second pass.
     """
+    auto_block, auto_warps = launch_settings(query.shape[0] * query.shape[1], key.shape[2])
+    block_n = auto_block if block_n is None else block_n
+    num_warps = auto_warps if num_warps is None else num_warps
     if block_n < 16 or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
     if splits < 1:
