@@ -319,6 +319,9 @@ class FastGenerator:
             step is graphed by this class, so give a mode without CUDA graphs, e.g.
             "max-autotune-no-cudagraphs" (inductor benchmarks Triton GEMM templates against cuBLAS and
             may fuse the pointwise tails into them; a longer compile).
+        compile_options: inductor options for the step and the prompt pass (torch.compile's `options`,
+            e.g. {"combo_kernels": True}: independent small kernels launched as one); not with
+            `compile_mode`.
     """
 
     def __init__(self, *, compile: bool | None = None, cuda_graph: bool | None = None, check_every: int = 8,
@@ -326,7 +329,7 @@ class FastGenerator:
                  max_batch: int | None = None, max_workspaces: int = 4, fuse: bool | None = None,
                  compile_step: bool = True, compile_prefill: bool = False, graph_prefill: bool | None = None,
                  prefill_width_multiple: int = 32, attention: Sequence[str] | None = None,
-                 compile_mode: str | None = None):
+                 compile_mode: str | None = None, compile_options: dict[str, Any] | None = None):
         if check_every < 1 or min_bucket < 1 or cache_len_multiple < 1 or prefill_width_multiple < 1:
             raise ValueError("check_every, min_bucket, cache_len_multiple and prefill_width_multiple must be >= 1")
         unknown = sorted(set(attention or ()) - set(SDPA_BACKENDS))
@@ -341,8 +344,11 @@ class FastGenerator:
         if compile_mode in ("reduce-overhead", "max-autotune") and cuda_graph is not False:
             raise ValueError(f"compile_mode {compile_mode!r} captures CUDA graphs of its own; this class "
                              "graphs the step itself: use 'max-autotune-no-cudagraphs' (or cuda_graph=False)")
+        if compile_options and compile_mode is not None:
+            raise ValueError("give compile_mode or compile_options, not both (torch.compile takes one)")
         self.compile = compile
         self.compile_mode = compile_mode
+        self.compile_options = dict(compile_options) if compile_options else None
         self.compile_step = compile_step
         self.compile_prefill = compile_prefill
         self.graph_prefill = graph_prefill
@@ -462,13 +468,13 @@ class FastGenerator:
             for name in ("recompile_limit", "cache_size_limit"):
                 if hasattr(dynamo, name):
                     setattr(dynamo, name, max(getattr(dynamo, name), 64))
-            mode = self.compile_mode
+            how = {"mode": self.compile_mode, "options": self.compile_options}
             if self.compile_step:
-                self._step = torch.compile(_decode_step, mode=mode)
+                self._step = torch.compile(_decode_step, **how)
             else:
-                self._forward = torch.compile(_forward_last_logits, mode=mode)
+                self._forward = torch.compile(_forward_last_logits, **how)
             if self.compile_prefill:
-                self._prefill = torch.compile(_prefill_last_logits, dynamic=True, mode=mode)
+                self._prefill = torch.compile(_prefill_last_logits, dynamic=True, **how)
             self._compiled = True
         self._use_graph = on_cuda if self.cuda_graph is None else (self.cuda_graph and on_cuda)
         self._base = base

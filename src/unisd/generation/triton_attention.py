@@ -140,8 +140,24 @@ if triton is not None:
         return torch.where(norm > 0, mixed, torch.zeros_like(mixed)).to(query.dtype)
 
 
+FEW_PROGRAMS = 256
+"""At most this many (row, KV head) programs (about two per SM on an H200's 132): large blocks, 4 warps."""
+
+
 def launch_settings(programs: int, length: int) -> tuple[int, int]:
-    """(block_n, num_warps) for `programs` (rows x KV heads) programs over a cache of `length` slots."""
+    """(block_n, num_warps) for `programs` (rows x KV heads) programs over a cache of `length` slots.
+
+    Measured on an H200 with each call reading another layer's cache, as a decode step does
+    (`benchmarks/decode_attention_bench.py --layers 30`, 2026-11-29; docs/benchmarks.md): with few
+    programs the kernel waits on memory, and blocks of 256 slots read by 4 warps (more loads in
+    flight per program, fewer round trips) took 34-51% less time than blocks of 64 with one warp
+    (batch 16 and 64, cache 256 and 1024: e.g. 6.2 against 9.4 us at batch 64, cache 256). With many
+    programs (batch 256: 768) blocks of 64 with one warp were the fastest setting measured (12.5 us
+    against 13.3 at cache 256, 37.9 against 47.5 at 1024): the SMs are full, and small blocks skip
+    more of the hidden cache.
+    """
+    if programs <= FEW_PROGRAMS:
+        return min(256, max(16, 1 << (max(1, length) - 1).bit_length())), 4
     return 64, 1
 
 
@@ -153,10 +169,9 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     query [B, H_kv, G, D]; key, value [B, H_kv, L, D]; mask [B, 1, 1, L] (additive float, or boolean:
     True = attend), as SDPA takes it. Returns [B, H_kv, G, D] in the query's dtype; zeros for a row
     the mask hides entirely (as torch's SDPA math path gives). `block_n` (cache slots
-    per block, a power of two >= 16), `num_warps` and `splits` are the kernel's launch settings
-    (chosen on an H200 with `benchmarks/decode_attention_bench.py`, 2026-11-29: block 64 with one
-    warp took 13-49% less time than with 4 warps at batch 64/256 x cache 256/1024 and was within 15%
-    of the fastest setting at each of those shapes; splits only added time there). `splits` > 1 divides each
+    per block, a power of two >= 16), `num_warps` and `splits` are the kernel's launch settings;
+    `block_n` and `num_warps` default to `launch_settings` for this shape. Splits only added time at
+    the shapes measured (batch 64/256 x cache 256/1024). `splits` > 1 divides each
     row's cache among that many programs (flash-decoding), whose partial results are then combined:
     more parallel work for long caches or few rows, at the price of a second pass.
     """
