@@ -226,10 +226,10 @@ def main() -> None:
         run_ours("fast_lora_b64", fast(), 64, reps=3, m=lora)
         run_ours("fast_lora_unfused_b64", fast(fuse=False), 64, reps=3, m=lora)
 
-    # inductor's combo kernels: independent small kernels (the 30 layers' cache write counters, RoPE
-    # of q and of k, the two cache writes) launched together
-    section("fast_combo_kernels_b64", lambda: run_ours("fast_combo_kernels_b64", fast(
-        compile_options={"combo_kernels": True}), 64, reps=5))
+    # without inductor's combo kernels (the default since session 7: independent small kernels - the
+    # 30 layers' cache write counters, RoPE of q and of k, the two cache writes - launched together)
+    section("fast_no_combo_kernels_b64", lambda: run_ours("fast_no_combo_kernels_b64", fast(
+        compile_options={}), 64, reps=5))
     section("fast_lora_b64", lora_rows)
     for b in (128, 256, 512, 1024, 2048, 4096):  # toward the largest batch that fits (the bandwidth bound)
         section(f"fast_compiled_b{b}", lambda b=b: run_ours(f"fast_compiled_graph_b{b}", default, b, reps=2))

@@ -14,7 +14,8 @@
 #              rollout.graph_prefill=false): rollout time, peak memory, finite losses
 #   mem@G      trl_compare.py, unisd side only, with rollout.release_memory (with model.compile at
 #              batch 16 and 64, then with activation checkpointing at batch 16): peak memory against
-#              TRL's, measured in the same settings (docs/benchmarks.md)
+#              TRL's, measured in the same settings (docs/benchmarks.md); give it >= 580 s (each
+#              run's first step compiles for ~100 s; 400 s stopped batch 64 before its summary)
 #   bench@G    unisd bench on Qwen2.5-Coder-0.5B, one micro-batch per step (the recipes' micro-batch
 #              of 4 dominated the step before)
 #   scale@G,H  data parallelism on the random SmolLM2 architecture, replicate then fsdp, 2 GPUs

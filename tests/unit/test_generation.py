@@ -613,6 +613,32 @@ def test_compile_mode_is_checked():
     FastGenerator(compile_mode="reduce-overhead", cuda_graph=False)
 
 
+def test_compile_options_default_to_combo_kernels_unless_a_mode_is_given():
+    assert FastGenerator().compile_options == {"combo_kernels": True}
+    assert FastGenerator(compile_options={}).compile_options is None
+    assert FastGenerator(compile_mode="max-autotune-no-cudagraphs").compile_options is None
+    with pytest.raises(ValueError, match="compile_mode or compile_options"):
+        FastGenerator(compile_mode="max-autotune-no-cudagraphs", compile_options={"combo_kernels": True})
+
+
+@needs_cxx
+def test_compile_options_reach_torch_compile(model, prompts, stop_token, monkeypatch):
+    seen = []
+    real = torch.compile
+
+    def spy(fn, **kwargs):
+        seen.append((kwargs.get("mode"), kwargs.get("options")))
+        return real(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch._dynamo.reset()
+    gen = fast_gen(compile=True, compile_prefill=True)
+    out = gen.generate(model, prompts, GREEDY, eos_token_ids=[stop_token], pad_token_id=PAD)
+    assert out == naive_greedy(model, prompts, 16, eos=[stop_token])
+    assert seen == [(None, {"combo_kernels": True})] * 2  # the step and the prompt pass
+    torch._dynamo.reset()
+
+
 @needs_cxx
 def test_compile_mode_reaches_torch_compile(model, prompts, stop_token, monkeypatch):
     modes = []

@@ -33,14 +33,15 @@ is switched to `GROUPED_SDPA` (`unisd.generation.attention`), which avoids HF
 materialising K/V per query head at every step; the model's config is restored afterwards.
 
 Cost and speed (H200, SmolLM2-135M architecture, bf16, batch 64 x 128 new tokens, 2026-11-29;
-benchmarks/results/generation_h200_3/, docs/benchmarks.md): the first call per dtype compiles
-the step (about 75 s); then 48k tok/s (HF generate the same day: 1.4-2.3k default cache, 14-16k
-static): 1.21 ms per decode step, bound by kernel count rather than memory bandwidth, a 10 ms prompt
-pass and 7 ms of host time. `fuse` (q/k/v and gate/up read through one GEMM each,
-`unisd.generation.fused`; default on CUDA) saves 0.31 ms per step, the Triton decode attention
-(`unisd.generation.triton_attention`; default where Triton runs) 0.21 ms, and `graph_prefill`
-(the eager prompt pass captured in a CUDA graph per (batch, width) bucket; default on CUDA) about
-40 ms per call. `compile_prefill` (12 ms, but a two-minute compile) stays off.
+benchmarks/results/session7_h200/, docs/benchmarks.md): the first call per dtype compiles the step
+(about 60-80 s); then 53-55k tok/s (HF generate in the same run: 2.4k default cache, 13.0k static):
+1.05 ms per decode step, bound by kernel count rather than memory bandwidth, a 10 ms prompt pass
+(HF's eager element-wise kernels, graphed) and 5-9 ms of host time. `fuse` (q/k/v and gate/up read
+through one GEMM each, `unisd.generation.fused`; default on CUDA) saves 0.31 ms per step, the
+Triton decode attention (`unisd.generation.triton_attention`; default where Triton runs) about
+0.3 ms against cuDNN's, inductor's combo kernels (`compile_options`' default) 0.1 ms, and
+`graph_prefill` (the eager prompt pass captured in a CUDA graph per (batch, width) bucket; default
+on CUDA) about 40 ms per call. `compile_prefill` (12 ms, but a two-minute compile) stays off.
 
 Shapes: B batch rows (bucketed), P prompt width, L cache length, T max new tokens, V vocabulary.
 """
@@ -319,9 +320,11 @@ class FastGenerator:
             step is graphed by this class, so give a mode without CUDA graphs, e.g.
             "max-autotune-no-cudagraphs" (inductor benchmarks Triton GEMM templates against cuBLAS and
             may fuse the pointwise tails into them; a longer compile).
-        compile_options: inductor options for the step and the prompt pass (torch.compile's `options`,
-            e.g. {"combo_kernels": True}: independent small kernels launched as one); not with
-            `compile_mode`.
+        compile_options: inductor options for the step and the prompt pass (torch.compile's `options`;
+            not with `compile_mode`). None (default): {"combo_kernels": True} when no `compile_mode`
+            is given: independent small kernels (RoPE of q and of k, the KV-cache writes, the 30
+            layers' cache write counters) launched as one, 0.09-0.11 ms off SmolLM2's 1.15 ms
+            batch-64 step (docs/benchmarks.md, session 7). {} turns it off.
     """
 
     def __init__(self, *, compile: bool | None = None, cuda_graph: bool | None = None, check_every: int = 8,
@@ -348,6 +351,8 @@ class FastGenerator:
             raise ValueError("give compile_mode or compile_options, not both (torch.compile takes one)")
         self.compile = compile
         self.compile_mode = compile_mode
+        if compile_options is None and compile_mode is None:
+            compile_options = {"combo_kernels": True}
         self.compile_options = dict(compile_options) if compile_options else None
         self.compile_step = compile_step
         self.compile_prefill = compile_prefill

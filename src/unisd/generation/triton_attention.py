@@ -2,11 +2,11 @@
 
 At batch 64 on an H200, cuDNN's SDPA kernel took 12.9 us per layer for this attention plus a
 0.7 us memset (over a quarter of SmolLM2's 1.43 ms decode step): its 64-row query tiles hold 3
-query rows, and every step reads the whole static cache. This kernel (9.9 us per layer there, the
-step 1.21 ms; docs/benchmarks.md, 2026-11-29) runs one program per
+query rows, and every step reads the whole static cache. This kernel (6.6 us per layer there, with
+the launch settings of `launch_settings`; docs/benchmarks.md, session 7) runs one program per
 (row, KV head): the query heads that share the KV head are the rows of one small dot product, the
-cache is read in blocks with an online softmax, and blocks the mask hides entirely (the static
-cache's unwritten tail, a long left padding) are skipped without reading K or V.
+cache is read in blocks with an online softmax, blocks the mask hides entirely (the static cache's
+unwritten tail, a long left padding) are skipped, and within a block only visible slots are read.
 
 `decode_attention` calls a `torch.library.triton_op`, so torch.compile places the kernel inside the
 compiled decode step (and its CUDA graph) instead of breaking the graph. Without Triton (the CPU
