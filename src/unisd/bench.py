@@ -131,8 +131,8 @@ def _generator(name: str):
     from unisd.generation.hf import HFGenerator
 
     if name.startswith("fast"):
-        if name == "fast_sdpa":  # the defaults before 2026-11-29
-            return FastGenerator(attention=[], graph_prefill=False)
+        if name == "fast_sdpa":  # the defaults before 2026-11-29 (session 5)
+            return FastGenerator(attention=[], graph_prefill=False, compile_options={})
         return FastGenerator(fuse=False if name == "fast_unfused" else None)
     return HFGenerator(cache_implementation="static" if name == "hf_static" else None)
 
