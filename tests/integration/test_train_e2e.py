@@ -168,3 +168,24 @@ def test_rollout_options_reach_the_fast_generator(tiny_model_dir, tmp_path, monk
     train(cfg, show_progress=False)
     (gen,) = made
     assert gen.attention == () and gen.graph_prefill is False  # torch's SDPA choice, eager prompt pass
+
+
+def test_profile_steps_record_the_listed_steps_and_change_nothing(tiny_model_dir, tmp_path):
+    """output.profile_steps: a table and a trace for each listed step, none for the others, and the
+    run's losses the same as without profiling."""
+    quiet = ("eval.before=false", "eval.after=false")
+    plain = train(tiny_cfg(tiny_model_dir, tmp_path / "a", "sdft", *quiet), show_progress=False).run_dir
+    run = train(tiny_cfg(tiny_model_dir, tmp_path / "b", "sdft", *quiet, "output.profile_steps=[2]"),
+                show_progress=False).run_dir
+    assert sorted(p.name for p in (run / "profile").iterdir()) == ["step-2.json", "step-2.txt"]
+    table = (run / "profile" / "step-2.txt").read_text()
+    assert table.startswith("# step 2: time/generate_s") and "aten::" in table
+    assert "grouped by input shapes" in table
+    names = {e.get("name") for e in json.loads((run / "profile" / "step-2.json").read_text())["traceEvents"]}
+    for phase in ("rollout", "teacher_forward", "student_forward", "student_backward", "optimizer_step"):
+        assert f"unisd/{phase}" in names, phase  # the loop's phases, named in the trace
+
+    def losses(d):
+        return [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(run) == losses(plain)

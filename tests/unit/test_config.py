@@ -51,6 +51,8 @@ def test_overrides_are_typed():
     ("objective.clip.quantile=1.5", "objective.clip.quantile: got 1.5; must lie in (0, 1]"),
     ("rollout.top_p=0", "rollout.top_p"),
     ("rollout.decode_attention=cudnn", "rollout.decode_attention"),
+    ("output.profile_steps=[0]", "output.profile_steps: expected a list of step numbers >= 1, got [0]"),
+    ("output.profile_steps=3", "output.profile_steps: expected a list"),
     ("objective.agreement.granularity=token", "needs auxiliary teachers"),
     ("objective.contrastive.weight=0.1", "teacher.negative.enabled=true"),
     ("nonsense", "expected the form section.field=value"),

@@ -416,10 +416,18 @@ class OutputConfig:
     """Console log interval in steps (metrics.jsonl gets every step)."""
     loggers: list[str] = field(default_factory=list)
     """Extra loggers: "tensorboard", "wandb"."""
+    profile_steps: list[int] = field(default_factory=list)
+    """Steps (1-based) to record with torch.profiler, each on its own: `profile/step-N.txt` (operators
+    and kernels by their own time, with input shapes) and `profile/step-N.json` (a trace for
+    Perfetto / chrome://tracing) in the run directory."""
 
     def validate(self, p: str = "output") -> None:
         _range(f"{p}.checkpoint_every", self.checkpoint_every, 1)
         _range(f"{p}.keep_last", self.keep_last, 1)
+        if not isinstance(self.profile_steps, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.profile_steps):
+            raise ConfigError(f"{p}.profile_steps: expected a list of step numbers >= 1, got "
+                              f"{self.profile_steps!r}")
         for lg in self.loggers:
             _choice(f"{p}.loggers[]", lg, ("tensorboard", "wandb"))
 

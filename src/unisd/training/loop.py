@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 from unisd.config.io import dump_config
 from unisd.config.schema import RunConfig
@@ -37,6 +38,7 @@ from unisd.training import distributed, evals, fsdp
 from unisd.training.collapse import CollapseWatch
 from unisd.training.evals import task_options
 from unisd.training.data import prepare_rows
+from unisd.training.profiling import StepProfiler
 from unisd.training.rollout import build_contexts, rollout, rollout_stats, sample_scorer, text_generator
 from unisd.training.runlog import MetricsLog, NullLog, fingerprint, make_run_dir, peak_memory_gb, write_json
 from unisd.training.scoring import completion_outputs
@@ -189,7 +191,7 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     def teacher_forward(view, hidden_layer):
         _sync(device)
         t = time.perf_counter()
-        with torch.no_grad(), teacher.activated(model) as tmodel:
+        with torch.no_grad(), teacher.activated(model) as tmodel, record_function("unisd/teacher_forward"):
             out = completion_outputs(tmodel, view, hidden_layer=hidden_layer)
         _sync(device)
         teacher_meter["s"] += time.perf_counter() - t
@@ -205,8 +207,9 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
     score_samples = sample_scorer(task, tokenizer)  # answer rate, sample accuracy (not for code tasks)
     watch = CollapseWatch()  # completion length, student entropy, repetition (reference restarts on resume)
     progress = _step_progress(show_progress, total, state["step"])
+    profiler = StepProfiler(cfg.output.profile_steps, run_dir / "profile", device, dp.rank, dp.world_size)
     # GPU energy (NVML counter), time, tokens and peak memory of the training phase, measured
-    with progress, ResourceMeter(device) as train_meter:
+    with progress, ResourceMeter(device) as train_meter, profiler:
         bar = progress.add_task("training", total=total, completed=state["step"])
         while state["step"] < total:
             step = state["step"]
@@ -223,10 +226,11 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
                 state["position"] += 1
             positions = list(range(dp.rank, cfg.optim.batch_size, dp.world_size))
             batch_rows = [rows[batch_idx[p]] for p in positions]
+            profiler.start(step + 1)
 
             t0 = time.perf_counter()
             try:
-                with fsdp.full_weights(model):  # sampling needs whole weights (no-op unless sharded)
+                with fsdp.full_weights(model), record_function("unisd/rollout"):  # (sampling: whole weights)
                     rolled, roll_counts = rollout(model, batch_rows, cfg, generator, stops=stops, pad_id=pad_id,
                                                   step=step, sampling_rng=sampling_rng, positions=positions,
                                                   score=score_samples)
@@ -284,7 +288,8 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             loss_value = sums.get("loss/total_sum", sums.get("loss/nll_sum", 0.0)) / max(n_tokens, 1)
             finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
             if finite:
-                optimizer.step()
+                with record_function("unisd/optimizer_step"):
+                    optimizer.step()
                 state["bad_in_a_row"] = 0
             else:
                 state["bad_in_a_row"] += 1
@@ -315,6 +320,8 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             for warning in watch.update(record):
                 console.print(f"[yellow]step {step + 1}: possible collapse, {warning}", soft_wrap=True)
             metrics_log.write(record)
+            profiler.stop(step + 1, header=", ".join(f"{k} {record[k]:.3f}" for k in (
+                "time/generate_s", "time/teacher_s", "time/student_s", "time/optimizer_s") if k in record))
             train_meter.add_tokens(record.get("tokens") or 0)
             metrics_log.write_sample(state["step"], rolled.ids[0],
                                      tokenizer.decode(rolled.completions[0], skip_special_tokens=True))
@@ -390,8 +397,10 @@ def _accumulate(model, rolled, ctx: StepContext, micro: int, *, compiled, sharde
     for i, part in enumerate(parts):
         fsdp.set_gradient_sync(model, i == len(parts) - 1)  # reduce-scatter once per step
         with compiled.active() if compiled else contextlib.nullcontext():
-            loss, m = micro_batch_loss(model, part, ctx)
-            loss.backward()
+            with record_function("unisd/student_forward"):  # (its teacher forward is inside, named too)
+                loss, m = micro_batch_loss(model, part, ctx)
+            with record_function("unisd/student_backward"):
+                loss.backward()
         student_tokens += sum(map(len, part.student_prompts)) + sum(map(len, part.completions))
         student_scored += sum(len(c) for c in part.completions)
         for key, value in m.items():
