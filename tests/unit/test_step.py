@@ -282,3 +282,23 @@ def test_every_chunked_term_uses_the_configured_chunk(models, monkeypatch):
                       agreement__granularity="token")
     run(student, teacher, make_rows(), objective, micro=6)
     assert chunks and set(chunks) == {3}
+
+
+def test_training_attention_leaves_out_cudnn_on_cuda_only():
+    # model.cudnn_attention=false (default): while the step's forwards and backward run on CUDA, SDPA
+    # may use flash, memory-efficient and math attention but not cuDNN's (it plans per new shape);
+    # the flags come back afterwards, and nothing changes on the CPU or when cuDNN is asked for
+    from unisd.training.loop import training_attention
+
+    def flags():
+        b = torch.backends.cuda
+        return b.cudnn_sdp_enabled(), b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled()
+
+    before = flags()
+    assert before == (True, True, True, True)
+    with training_attention(torch.device("cuda"), cudnn=False):
+        assert flags() == (False, True, True, True)
+    assert flags() == before
+    for device, cudnn in ((torch.device("cuda"), True), (torch.device("cpu"), False)):
+        with training_attention(device, cudnn):
+            assert flags() == before

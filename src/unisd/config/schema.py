@@ -55,6 +55,13 @@ class ModelConfig:
     fused element-wise work, fewer saved tensors; the first steps pay the compilation."""
     attn_implementation: str | None = None
     """Passed to transformers ("sdpa", "eager", "flash_attention_2"); None lets it choose."""
+    cudnn_attention: bool = False
+    """Let SDPA use cuDNN's attention in the training forwards and backward (teacher scoring, student
+    forward, backward and its recomputation). Off by default: on Hopper and newer torch (2.11) puts
+    cuDNN first for masked attention, and cuDNN builds an execution plan for every (batch, length)
+    shape it has not seen, about half a second each way (pytorch's MHA.cpp plan cache; reported in
+    modelscope/FunASR#3704), while a training step's lengths change every step. Flash,
+    memory-efficient and math attention stay allowed. Sampling is not affected."""
 
     def validate(self, p: str = "model") -> None:
         _choice(f"{p}.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))

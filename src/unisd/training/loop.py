@@ -254,8 +254,9 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             while True:
                 teacher_meter.update(s=0.0, tokens=0, scored=0)
                 try:
-                    sums, student_tokens, student_scored = _accumulate(model, rolled, ctx, micro, compiled=compiled,
-                                                                       sharded=sharded)
+                    with training_attention(device, cfg.model.cudnn_attention):
+                        sums, student_tokens, student_scored = _accumulate(model, rolled, ctx, micro,
+                                                                           compiled=compiled, sharded=sharded)
                     break
                 except torch.OutOfMemoryError as err:
                     if not cfg.optim.auto_micro_batch or micro == 1 or sharded:
@@ -381,6 +382,18 @@ def train(cfg: RunConfig, *, resume_dir: str | Path | None = None, console=None,
             pass
     distributed.barrier()  # the other ranks wait for rank 0's evaluation and files
     return RunResult(run_dir, state["step"], before, after, summary)
+
+
+def training_attention(device: torch.device, cudnn: bool) -> contextlib.AbstractContextManager:
+    """The SDPA backends the training forwards and backward may use (`model.cudnn_attention`): on
+    CUDA without cuDNN's attention unless asked for (it plans per new shape; see the config field),
+    elsewhere unchanged. Held over the backward too, so a checkpointed layer's recomputation picks the
+    same kernel as its forward."""
+    if device.type != "cuda" or cudnn:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _accumulate(model, rolled, ctx: StepContext, micro: int, *, compiled, sharded: bool
