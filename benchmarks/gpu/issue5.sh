@@ -4,9 +4,9 @@
 # same GPUs one after the other:
 #   gen@G      generation_bench.py (random SmolLM2-135M architecture, no staging needed): float32
 #              greedy parity incl. the graphed prompt pass's replay, the default fast generator and
-#              one with inductor's combo kernels, HF default and static caches, batch 128-256, a
-#              LoRA-wrapped student, kernel profiles of a decode step and of the prompt pass (batch
-#              512-4096: session 6, the sections fast_compiled_b512 ... _b4096)
+#              one without inductor's combo kernels, HF default and static caches, batch 128-256,
+#              GEMMs through cuBLASLt, kernel profiles of a decode step and of the prompt pass (batch
+#              512-4096: session 6, fast_compiled_b512 ... _b4096; LoRA: session 7, fast_lora_b64)
 #   kernels@G  decode_attention_bench.py: the decode attention alone, torch's SDPA choice against the
 #              Triton kernel's launch settings, each call reading another of 30 caches (as a step does)
 #   train@G    a short LoRA sdft run on the random SmolLM2-135M architecture (no staging), the fast
@@ -36,8 +36,8 @@ job() {  # job name, seconds
   case $1 in
     gen) mkdir -p $OUT/gen
          timeout $2 python3 benchmarks/generation_bench.py --out $OUT/gen --budget-s $(($2 - 90)) --sections \
-           parity_fp32 fast_compiled_b64 fast_combo_kernels_b64 hf_default_b64 hf_static_b64 fast_compiled_b128 \
-           fast_compiled_b256 fast_lora_b64 decode_step_profile_b64 prefill_profile_b64 \
+           parity_fp32 fast_compiled_b64 fast_no_combo_kernels_b64 hf_default_b64 hf_static_b64 \
+           fast_compiled_b128 fast_compiled_b256 fast_cublaslt_b64 decode_step_profile_b64 prefill_profile_b64 \
            > $OUT/gen/log.txt 2>&1 ;;
     train) mkdir -p $OUT/train
          python3 benchmarks/scaling_random.py /tmp/rnd > /dev/null
