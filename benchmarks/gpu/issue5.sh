@@ -17,7 +17,7 @@
 #              TRL's, measured in the same settings (docs/benchmarks.md); give it >= 580 s (each
 #              run's first step compiles for ~100 s; 400 s stopped batch 64 before its summary)
 #   slow@G     the checkpointed batch-16 step, steps 2-5 profiled (output.profile_steps): default,
-#              model.cudnn_attention=true, rollout.release_memory=false (needs SmolLM2; >= 360 s)
+#              model.cudnn_attention=true, rollout.release_memory=false (needs SmolLM2; >= 480 s)
 #   bench@G    unisd bench on Qwen2.5-Coder-0.5B, one micro-batch per step (the recipes' micro-batch
 #              of 4 dominated the step before)
 #   scale@G,H  data parallelism on the random SmolLM2 architecture, replicate then fsdp, 2 GPUs
