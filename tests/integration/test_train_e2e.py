@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -177,11 +178,12 @@ def test_profile_steps_record_the_listed_steps_and_change_nothing(tiny_model_dir
     plain = train(tiny_cfg(tiny_model_dir, tmp_path / "a", "sdft", *quiet), show_progress=False).run_dir
     run = train(tiny_cfg(tiny_model_dir, tmp_path / "b", "sdft", *quiet, "output.profile_steps=[2]"),
                 show_progress=False).run_dir
-    assert sorted(p.name for p in (run / "profile").iterdir()) == ["step-2.json", "step-2.txt"]
+    assert sorted(p.name for p in (run / "profile").iterdir()) == ["step-2.json.gz", "step-2.txt"]
     table = (run / "profile" / "step-2.txt").read_text()
     assert table.startswith("# step 2: time/generate_s") and "aten::" in table
     assert "grouped by input shapes" in table
-    names = {e.get("name") for e in json.loads((run / "profile" / "step-2.json").read_text())["traceEvents"]}
+    trace = json.loads(gzip.decompress((run / "profile" / "step-2.json.gz").read_bytes()))
+    names = {e.get("name") for e in trace["traceEvents"]}
     for phase in ("rollout", "teacher_forward", "student_forward", "student_backward", "optimizer_step"):
         assert f"unisd/{phase}" in names, phase  # the loop's phases, named in the trace
 

@@ -425,7 +425,7 @@ class OutputConfig:
     """Extra loggers: "tensorboard", "wandb"."""
     profile_steps: list[int] = field(default_factory=list)
     """Steps (1-based) to record with torch.profiler, each on its own: `profile/step-N.txt` (operators
-    and kernels by their own time, with input shapes) and `profile/step-N.json` (a trace for
+    and kernels by their own time, with input shapes) and `profile/step-N.json.gz` (a trace for
     Perfetto / chrome://tracing) in the run directory."""
 
     def validate(self, p: str = "output") -> None:

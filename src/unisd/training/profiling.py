@@ -3,11 +3,11 @@
 Each listed step (1-based) is recorded on its own, from the start of its rollout to the end of its
 optimizer step, so a slow step can be set beside a fast one: `profile/step-N.txt` (a table of the
 operators and kernels by their own device time, or CPU time without a GPU, with input shapes) and
-`profile/step-N.json` (a Chrome / Perfetto trace) in the run directory. Every process records (a
-rank's files carry its rank: `step-N.rank-R.*`). The loop names its phases with
+`profile/step-N.json.gz` (a Chrome / Perfetto trace, gzipped) in the run directory. Every process
+records (a rank's files carry its rank: `step-N.rank-R.*`). The loop names its phases with
 `record_function` ranges (`unisd/rollout`, `unisd/teacher_forward`, `unisd/student_forward`,
-`unisd/student_backward`, `unisd/optimizer_step`), which show as rows of the table and spans of the
-trace. Profiling slows the step it records; the other steps run as without it.
+`unisd/student_backward`, `unisd/optimizer_step`): spans of the trace, and rows of the table when
+they are among its longest. Profiling slows the step it records; the other steps run as without it.
 
 Not here: the CUDA allocation history (`UNISD_CUDA_MEMORY_SNAPSHOT`, in the loop), timing of the
 phases (every step's metrics.jsonl record has them).
@@ -59,7 +59,7 @@ class StepProfiler:
                   prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=40)]
         table = stem.with_suffix(".txt")
         table.write_text("\n\n".join(tables) + "\n")
-        prof.export_chrome_trace(str(stem.with_suffix(".json")))
+        prof.export_chrome_trace(f"{stem}.json.gz")
         return table
 
     def __enter__(self) -> "StepProfiler":
