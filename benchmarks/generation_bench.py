@@ -292,26 +292,29 @@ def main() -> None:
     # two runs with the same cache length, their difference per step
     width = max(len(p) for p in prompts64)
     short_new = max(1, min(args.new - 16, 129 - width))
-    def profile_decode(gen: FastGenerator, key: str) -> None:
-        # the same compiled step as a row above (no recompile), stepped without the graph so kernels show
-        gen.cuda_graph = False
+    def call_kernels(gen: FastGenerator, new: int) -> dict[str, list[float]]:
+        """{kernel name: [launches, device us]} of one warm call of `gen` with `new` new tokens, the
+        same compiled step as a row above (no recompile) run without graphs so the kernels show."""
         from torch.profiler import ProfilerActivity, profile
 
-        def kernels(new: int) -> dict[str, list[float]]:
-            params = SamplingParams(max_new_tokens=new, temperature=0.0)
+        params = SamplingParams(max_new_tokens=new, temperature=0.0)
+        gen.cuda_graph = False
+        try:
             gen.generate(model, prompts64, params, eos_token_ids=[], pad_token_id=pad)  # warm
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 gen.generate(model, prompts64, params, eos_token_ids=[], pad_token_id=pad)
-            out: dict[str, list[float]] = {}
-            for e in prof.key_averages():
-                t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-                if t > 0:
-                    out[e.key] = [e.count, t]
-            return out
+        finally:
+            gen.cuda_graph = None
+        out: dict[str, list[float]] = {}
+        for e in prof.key_averages():
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            if t > 0:
+                out[e.key] = [e.count, t]
+        return out
 
+    def profile_decode(gen: FastGenerator, key: str) -> None:
         steps = 16
-        short, long_ = kernels(short_new), kernels(short_new + steps)
-        gen.cuda_graph = None
+        short, long_ = call_kernels(gen, short_new), call_kernels(gen, short_new + steps)
         per = {k: [(v[0] - short.get(k, [0, 0])[0]) / steps, (v[1] - short.get(k, [0, 0])[1]) / steps]
                for k, v in long_.items()}
         per = {k: v for k, v in per.items() if v[1] > 0}
@@ -330,22 +333,7 @@ def main() -> None:
     # ----- where the prompt pass's GPU time goes: a call with one new token (the prompt pass and
     # one sampling), without graphs so the kernels show
     def profile_prefill(gen: FastGenerator, key: str) -> None:
-        from torch.profiler import ProfilerActivity, profile
-
-        gen.cuda_graph = False
-        params = SamplingParams(max_new_tokens=1, temperature=0.0)
-        try:
-            gen.generate(model, prompts64, params, eos_token_ids=[], pad_token_id=pad)  # warm
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                gen.generate(model, prompts64, params, eos_token_ids=[], pad_token_id=pad)
-        finally:
-            gen.cuda_graph = None
-        rows = []
-        for e in prof.key_averages():
-            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-            if t > 0:
-                rows.append((e.key, e.count, t))
-        rows.sort(key=lambda r: -r[2])
+        rows = sorted(((k, c, t) for k, (c, t) in call_kernels(gen, 1).items()), key=lambda r: -r[2])
         res[key] = {"note": "one call with max_new_tokens=1 at batch 64 (prompt pass + one sampling), "
                             "eager, no CUDA graph; device time per kernel name",
                     "width": max(len(p) for p in prompts64),
