@@ -57,8 +57,8 @@ class ModelConfig:
     """Passed to transformers ("sdpa", "eager", "flash_attention_2"); None lets it choose."""
     cudnn_attention: bool = False
     """Let SDPA use cuDNN's attention in the training forwards and backward (teacher scoring, student
-    forward, backward and its recomputation). Off by default: on Hopper and newer torch (2.11) puts
-    cuDNN first for masked attention, and cuDNN builds an execution plan for every (batch, length)
+    forward, backward and its recomputation). Off by default: on Hopper and newer GPUs torch 2.11
+    puts cuDNN first for masked attention, and cuDNN builds an execution plan for every (batch, length)
     shape it has not seen, about half a second each way (pytorch's MHA.cpp plan cache; reported in
     modelscope/FunASR#3704), while a training step's lengths change every step. Flash,
     memory-efficient and math attention stay allowed. Sampling is not affected."""
