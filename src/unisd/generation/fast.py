@@ -38,8 +38,8 @@ benchmarks/results/session7_h200/, docs/benchmarks.md): the first call per dtype
 1.05 ms per decode step, bound by kernel count rather than memory bandwidth, a 10 ms prompt pass
 (HF's eager element-wise kernels, graphed) and 5-9 ms of host time. `fuse` (q/k/v and gate/up read
 through one GEMM each, `unisd.generation.fused`; default on CUDA) saves 0.31 ms per step, the
-Triton decode attention (`unisd.generation.triton_attention`; default where Triton runs) about
-0.3 ms against cuDNN's, inductor's combo kernels (`compile_options`' default) 0.1 ms, and
+Triton decode attention (`unisd.generation.triton_attention`; default where Triton runs) 0.28 ms
+against cuDNN's (0.21 ms in session 5, 0.07 ms more with session 7's launch settings), inductor's combo kernels (`compile_options`' default) 0.1 ms, and
 `graph_prefill` (the eager prompt pass captured in a CUDA graph per (batch, width) bucket; default
 on CUDA) about 40 ms per call. `compile_prefill` (12 ms, but a two-minute compile) stays off.
 
