@@ -34,14 +34,15 @@ materialising K/V per query head at every step; the model's config is restored a
 
 Cost and speed (H200, SmolLM2-135M architecture, bf16, batch 64 x 128 new tokens, 2026-11-29;
 benchmarks/results/session7_h200/, docs/benchmarks.md): the first call per dtype compiles the step
-(about 60-80 s); then 53-55k tok/s (HF generate in the same run: 2.4k default cache, 13.0k static):
-1.05 ms per decode step, bound by kernel count rather than memory bandwidth, a 10 ms prompt pass
-(HF's eager element-wise kernels, graphed) and 5-9 ms of host time. `fuse` (q/k/v and gate/up read
-through one GEMM each, `unisd.generation.fused`; default on CUDA) saves 0.31 ms per step, the
-Triton decode attention (`unisd.generation.triton_attention`; default where Triton runs) 0.28 ms
-against cuDNN's (0.21 ms in session 5, 0.07 ms more with session 7's launch settings), inductor's combo kernels (`compile_options`' default) 0.1 ms, and
-`graph_prefill` (the eager prompt pass captured in a CUDA graph per (batch, width) bucket; default
-on CUDA) about 40 ms per call. `compile_prefill` (12 ms, but a two-minute compile) stays off.
+(60-83 s of warm-up measured); then 53-55k tok/s (HF generate in the same run: 2.4k default cache,
+13.0k static): 1.05 ms per decode step, bound by kernel count rather than memory bandwidth, a 10 ms
+prompt pass (HF's eager element-wise kernels, graphed) and 5-9 ms of host time. `fuse` (q/k/v and
+gate/up read through one GEMM each, `unisd.generation.fused`; default on CUDA) saves 0.31 ms per
+step, the Triton decode attention (`unisd.generation.triton_attention`; default where Triton runs)
+0.28 ms against cuDNN's (0.21 ms in session 5, 0.07 ms more with session 7's launch settings),
+inductor's combo kernels (`compile_options`' default) 0.1 ms, and `graph_prefill` (the eager prompt
+pass captured in a CUDA graph per (batch, width) bucket; default on CUDA) about 40 ms per call.
+`compile_prefill` (12 ms, but a two-minute compile) stays off.
 
 Shapes: B batch rows (bucketed), P prompt width, L cache length, T max new tokens, V vocabulary.
 """
