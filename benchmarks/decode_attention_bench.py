@@ -123,7 +123,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--layers", type=int, default=1,
                     help="distinct K/V caches the replayed calls cycle through (30: a decode step's layers)")
-    ap.add_argument("--only-triton", action="store_true", help="torch's SDPA choice and the Triton kernel only")
+    ap.add_argument("--only-triton", action="store_true",
+                    help="torch's SDPA choice and the Triton kernel only")
     args = ap.parse_args()
     on_cuda = args.device == "cuda"
     dtype = torch.bfloat16 if on_cuda else torch.float32

@@ -229,7 +229,8 @@ def test_step_loss_and_gradients_equal_full_logits_reference(models):
         t_full = teacher(input_ids=t_view.input_ids, attention_mask=t_view.attention_mask).logits
     s = s_full.reshape(-1, VOCAB)[s_view.gather_index]
     t = t_full.reshape(-1, VOCAB)[t_view.gather_index]
-    want = token_divergence(s, t, kind=SDFT.divergence, beta=SDFT.beta, temperature=SDFT.temperature).sum() / n_tok
+    want = token_divergence(s, t, kind=SDFT.divergence, beta=SDFT.beta,
+                            temperature=SDFT.temperature).sum() / n_tok
     want.backward()
     want_grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
                             for p in student.parameters()])
@@ -292,7 +293,8 @@ def test_training_attention_leaves_out_cudnn_on_cuda_only():
 
     def flags():
         b = torch.backends.cuda
-        return b.cudnn_sdp_enabled(), b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled()
+        return (b.cudnn_sdp_enabled(), b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(),
+                b.math_sdp_enabled())
 
     before = flags()
     assert before == (True, True, True, True)

@@ -78,8 +78,10 @@ if triton is not None:
                 # only visible slots are read (predicated loads: no memory traffic for the rest), and
                 # V is requested with K, so a block costs one memory round trip, not two
                 seen = (n_ok & (bias > float("-inf")))[:, None] & d_ok[None, :]
-                k = tl.load(K + b * skb + h * skh + n[:, None] * skl + offs_d[None, :] * skd, mask=seen, other=0.0)
-                v = tl.load(V + b * svb + h * svh + n[:, None] * svl + offs_d[None, :] * svd, mask=seen, other=0.0)
+                k = tl.load(K + b * skb + h * skh + n[:, None] * skl + offs_d[None, :] * skd,
+                            mask=seen, other=0.0)
+                v = tl.load(V + b * svb + h * svh + n[:, None] * svl + offs_d[None, :] * svd,
+                            mask=seen, other=0.0)
                 if UPCAST:
                     k = k.to(tl.float32)
                     v = v.to(tl.float32)

@@ -237,6 +237,7 @@ def _contrastive_sum(rows, ctx, student_view, s_logits, t_logits, t_logits_all, 
     else:
         h = contrastive.distribution_contrastive(s_logits[token_has], t_logits[token_has], bad_logits,
                                                  margin=cfg.contrastive.margin, kind=cfg.divergence,
-                                                 temperature=cfg.temperature, beta=cfg.beta, chunk=cfg.vocab_chunk)
+                                                 temperature=cfg.temperature, beta=cfg.beta,
+                                                 chunk=cfg.vocab_chunk)
     metrics["loss/contrastive_sum"] = float((h.detach() * cmask).sum())
     return (h * cmask).sum()
