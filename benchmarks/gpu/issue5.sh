@@ -16,8 +16,9 @@
 #              batch 16 and 64, then with activation checkpointing at batch 16): peak memory against
 #              TRL's, measured in the same settings (docs/benchmarks.md); give it >= 580 s (each
 #              run's first step compiles for ~100 s; 400 s stopped batch 64 before its summary)
-#   slow@G     the checkpointed batch-16 step, steps 2-5 profiled (output.profile_steps): default,
-#              model.cudnn_attention=true, rollout.release_memory=false (needs SmolLM2; >= 480 s)
+#   slow@G     the checkpointed batch-16 step with rollout.release_memory: TRL and unisd's default
+#              unprofiled, then unisd with steps 2-5 profiled (output.profile_steps), the default and
+#              model.cudnn_attention=true (needs SmolLM2; >= 520 s)
 #   bench@G    unisd bench on Qwen2.5-Coder-0.5B, one micro-batch per step (the recipes' micro-batch
 #              of 4 dominated the step before)
 #   scale@G,H  data parallelism on the random SmolLM2 architecture, replicate then fsdp, 2 GPUs
@@ -62,23 +63,27 @@ job() {  # job name, seconds
              $extra --model $SMOL --data-dir /tmp/unisd-data --split train --batch-size $bs --steps 6 \
              --max-new-tokens 128 --run-timeout $(($2 / 2 - 30)) --out $OUT/$name > $OUT/$name.log 2>&1
          done ;;
-    slow) # the checkpointed batch-16 step (steps 2-5 profiled with output.profile_steps): the default
-         # now (cuDNN attention left out of the training forwards, model.cudnn_attention=false)
-         # against torch's choice (cuDNN first, which plans per new shape: the suspect for the slow
-         # steps of sessions 6-7), both with rollout.release_memory, and the default without it;
-         # tables bundled into $OUT/slow.tar.xz
-         for v in default cudnn keep; do
-           rel=true; extra=""
-           case $v in cudnn) extra="--unisd-set model.cudnn_attention=true";; keep) rel=false;; esac
-           timeout $(($2 / 3)) python3 benchmarks/trl_compare.py --which unisd --gradient-checkpointing \
-             --unisd-set rollout.release_memory=$rel $extra --unisd-set "output.profile_steps=[2,3,4,5]" \
-             --model $SMOL --data-dir /tmp/unisd-data --split train --batch-size 16 --steps 5 \
-             --max-new-tokens 128 --run-timeout $(($2 / 3 - 15)) --work-dir /tmp/slow_$v \
+    slow) # the checkpointed batch-16 step with rollout.release_memory, 6 steps: TRL and unisd's
+         # default (cuDNN attention left out of the training forwards) in one trl_compare call,
+         # unprofiled, for the ratio on this machine; then unisd again with steps 2-5 profiled
+         # (output.profile_steps), the default and model.cudnn_attention=true (torch's choice: cuDNN
+         # first, which plans per new shape, the suspect for the slow steps of sessions 6-7); the
+         # profile tables bundled into $OUT/slow.tar.xz
+         timeout $(($2 * 44 / 100)) python3 benchmarks/trl_compare.py --which both --gradient-checkpointing \
+           --unisd-set rollout.release_memory=true --model $SMOL --data-dir /tmp/unisd-data --split train \
+           --batch-size 16 --steps 6 --max-new-tokens 128 --run-timeout $(($2 * 22 / 100)) --work-dir /tmp/slow_both \
+           --out $OUT/slow_both > $OUT/slow_both.log 2>&1
+         for v in default cudnn; do
+           extra=""; [ $v = cudnn ] && extra="--unisd-set model.cudnn_attention=true"
+           timeout $(($2 * 28 / 100)) python3 benchmarks/trl_compare.py --which unisd --gradient-checkpointing \
+             --unisd-set rollout.release_memory=true $extra --unisd-set "output.profile_steps=[2,3,4,5]" \
+             --model $SMOL --data-dir /tmp/unisd-data --split train --batch-size 16 --steps 6 \
+             --max-new-tokens 128 --run-timeout $(($2 * 28 / 100 - 15)) --work-dir /tmp/slow_$v \
              --out $OUT/slow_$v > $OUT/slow_$v.log 2>&1
            mkdir -p $OUT/slow_$v/profile
            find /tmp/slow_$v -path "*profile/*.txt" -exec cp {} $OUT/slow_$v/profile/ \;
          done
-         (cd $OUT && tar -cJf slow.tar.xz slow_default slow_cudnn slow_keep && rm -rf slow_default slow_cudnn slow_keep) ;;
+         (cd $OUT && tar -cJf slow.tar.xz slow_both slow_default slow_cudnn && rm -rf slow_both slow_default slow_cudnn) ;;
     bench) mkdir -p $OUT/bench
          timeout $2 python3 -m unisd bench sdft --model $QWEN --task gsm8k --data-dir /tmp/unisd-data \
            --batch-size 64 --new-tokens 128 --steps 4 --set optim.batch_size=64 --set optim.micro_batch_size=64 \
