@@ -12,10 +12,9 @@
 #   train@G    a short LoRA sdft run on the random SmolLM2-135M architecture (no staging), the fast
 #              generator's defaults against the old ones (rollout.decode_attention=sdpa,
 #              rollout.graph_prefill=false): rollout time, peak memory, finite losses
-#   mem@G      trl_compare.py, unisd side only, with rollout.release_memory (with model.compile at
-#              batch 16 and 64, then with activation checkpointing at batch 16): peak memory against
-#              TRL's, measured in the same settings (docs/benchmarks.md); give it >= 580 s (each
-#              run's first step compiles for ~100 s; 400 s stopped batch 64 before its summary)
+#   mem@G      trl_compare.py, TRL and unisd in one call, unisd with model.compile and
+#              rollout.release_memory, batch 16 and 64: step-time and peak-memory ratios on this
+#              machine (needs SmolLM2; >= 560 s: each unisd run's first step compiles)
 #   slow@G     the checkpointed batch-16 step with rollout.release_memory: TRL and unisd's default
 #              unprofiled, then unisd with steps 2-5 profiled (output.profile_steps), the default and
 #              model.cudnn_attention=true (needs SmolLM2; >= 520 s)
@@ -53,16 +52,15 @@ job() {  # job name, seconds
     kernels) mkdir -p $OUT/kernels  # each call reads another layer's cache, as in a decode step (cold L2)
          timeout $2 python3 benchmarks/decode_attention_bench.py --out $OUT/kernels --layers 30 --only-triton \
            --batch 16 64 256 --length 256 1024 > $OUT/kernels/log.txt 2>&1 ;;
-    mem) # generator memory freed before each backward: with model.compile (no checkpointing, as
-         # TRL's 7.86 / 29.95 GB) at batch 16 and 64, then with activation checkpointing (TRL's
-         # checkpointed peak: 4.16 GB) at batch 16; recompiles logged
-         for extra in "--unisd-set model.compile=true" "--gradient-checkpointing"; do
-           case $extra in --grad*) name=mem_release_gc; bs=16;; *) name=mem_release_compile; bs="16 64";; esac
-           env TORCH_LOGS=recompiles timeout $(($2 / 2)) python3 benchmarks/trl_compare.py --which unisd \
-             --unisd-set rollout.release_memory=true \
-             $extra --model $SMOL --data-dir /tmp/unisd-data --split train --batch-size $bs --steps 6 \
-             --max-new-tokens 128 --run-timeout $(($2 / 2 - 30)) --out $OUT/$name > $OUT/$name.log 2>&1
-         done ;;
+    mem) # TRL and unisd side by side in one call, with model.compile and rollout.release_memory (no
+         # checkpointing, as TRL's 7.86 / 29.95 GB of sessions 6-7) at batch 16 and 64: step-time and
+         # peak-memory ratios on this machine; recompiles logged (the checkpointed batch 16: slow@G).
+         # Give it >= 560 s (unisd's first step compiles for ~50-100 s)
+         env TORCH_LOGS=recompiles timeout $2 python3 benchmarks/trl_compare.py --which both \
+           --unisd-set rollout.release_memory=true --unisd-set model.compile=true --model $SMOL \
+           --data-dir /tmp/unisd-data --split train --batch-size 16 64 --steps 6 --max-new-tokens 128 \
+           --run-timeout $(($2 * 3 / 10)) --work-dir /tmp/mem --out $OUT/mem > $OUT/mem.log 2>&1
+         (cd $OUT && tar -cJf mem.tar.xz mem && rm -rf mem) ;;
     slow) # the checkpointed batch-16 step with rollout.release_memory, 6 steps: TRL and unisd's
          # default (cuDNN attention left out of the training forwards) in one trl_compare call,
          # unprofiled, for the ratio on this machine; then unisd again with steps 2-5 profiled
