@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
+from unisd.bench import measure_ceilings
 from unisd.generation.base import SamplingParams
 from unisd.generation.fast import FastGenerator
 from unisd.generation.hf import HFGenerator
-
-HBM_BYTES_PER_S = 4.3e12  # measured device-to-device copy rate on this H200 (see the device notes)
 
 
 def smollm2_135m_config():
@@ -90,7 +89,7 @@ def main() -> None:
                  "model": "random init, SmolLM2-135M architecture", "new_tokens": args.new, "errors": {}}
 
     def save() -> None:
-        (out_dir / "generation_h200.json").write_text(json.dumps(res, indent=2))
+        (out_dir / "generation.json").write_text(json.dumps(res, indent=2))
 
     def section(name, fn) -> None:
         if args.sections and name not in args.sections:
@@ -347,15 +346,19 @@ def main() -> None:
     section("decode_step_profile_triton_b64", lambda: profile_decode(tri, "decode_step_profile_triton_b64"))
 
     # ----- memory-bandwidth bound: every step reads all weights once (plus the KV cache) ----------
+    # the rate is this GPU's, measured now (one large device-to-device copy, read + write bytes):
+    # a constant would carry one card's number to another (the H100 reads slower than the H200)
+    bytes_per_s = measure_ceilings(torch.device(args.device))["copy_bandwidth"]["gb_per_s"] * 1e9
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     kv_bytes_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2
-    step_s = weight_bytes / HBM_BYTES_PER_S
-    bound = {"weight_bytes": weight_bytes, "min_step_s_weights_only": step_s, "tok_per_s_weights_only": {}}
+    step_s = weight_bytes / bytes_per_s
+    bound = {"copy_bytes_per_s": bytes_per_s, "weight_bytes": weight_bytes, "min_step_s_weights_only": step_s,
+             "tok_per_s_weights_only": {}}
     for b in (64, 128, 256, 512, 1024, 2048, 4096):
         kv = b * (40 + args.new / 2) * kv_bytes_per_token  # mean prompt ~40 + half the completion
         bound["tok_per_s_weights_only"][b] = round(b / step_s)
         bound.setdefault("tok_per_s_weights_plus_kv", {})[b] = round(
-            b / ((weight_bytes + kv) / HBM_BYTES_PER_S))
+            b / ((weight_bytes + kv) / bytes_per_s))
     res["bandwidth_bound"] = bound
     res["total_s"] = round(time.perf_counter() - t_start, 1)
     save()

@@ -59,9 +59,11 @@ class ModelConfig:
     """Let SDPA use cuDNN's attention in the training forwards and backward (teacher scoring, student
     forward, backward and its recomputation). Off by default: on Hopper and newer GPUs torch 2.11
     puts cuDNN first for masked attention, and cuDNN builds an execution plan for every (batch, length)
-    shape it has not seen, about half a second each way (pytorch's MHA.cpp plan cache; reported in
-    modelscope/FunASR#3704), while a training step's lengths change every step. Flash,
-    memory-efficient and math attention stay allowed. Sampling is not affected."""
+    shape it has not seen (pytorch's MHA.cpp plan cache; modelscope/FunASR#3704), while a training
+    step's lengths change every step. Measured on an H100 (SmolLM2-135M, checkpointed batch 16):
+    0.23-0.35 s of CPU per step in cuDNN's attention against 2-3 ms for the memory-efficient kernel
+    (docs/benchmarks.md, session 8). Flash, memory-efficient and math attention stay allowed.
+    Sampling is not affected."""
 
     def validate(self, p: str = "model") -> None:
         _choice(f"{p}.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
