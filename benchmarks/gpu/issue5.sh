@@ -65,8 +65,8 @@ job() {  # job name, seconds
          # default (cuDNN attention left out of the training forwards) in one trl_compare call,
          # unprofiled, for the ratio on this machine; then unisd again with steps 2-5 profiled
          # (output.profile_steps), the default and model.cudnn_attention=true (torch's choice: cuDNN
-         # first, which plans per new shape, the suspect for the slow steps of sessions 6-7); the
-         # profile tables bundled into $OUT/slow.tar.xz
+         # first, which plans per new shape: the slow steps of sessions 6-7, confirmed in session 8);
+         # the profile tables bundled into $OUT/slow.tar.xz
          timeout $(($2 * 44 / 100)) python3 benchmarks/trl_compare.py --which both --gradient-checkpointing \
            --unisd-set rollout.release_memory=true --model $SMOL --data-dir /tmp/unisd-data --split train \
            --batch-size 16 --steps 6 --max-new-tokens 128 --run-timeout $(($2 * 22 / 100)) --work-dir /tmp/slow_both \
