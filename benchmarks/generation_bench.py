@@ -348,7 +348,8 @@ def main() -> None:
     # ----- memory-bandwidth bound: every step reads all weights once (plus the KV cache) ----------
     # the rate is this GPU's, measured now (one large device-to-device copy, read + write bytes):
     # a constant would carry one card's number to another (the H100 reads slower than the H200)
-    bytes_per_s = measure_ceilings(torch.device(args.device))["copy_bandwidth"]["gb_per_s"] * 1e9
+    res["ceilings"] = measure_ceilings(torch.device(args.device))  # the matmul rate kept beside it
+    bytes_per_s = res["ceilings"]["copy_bandwidth"]["gb_per_s"] * 1e9
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     kv_bytes_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2
     step_s = weight_bytes / bytes_per_s

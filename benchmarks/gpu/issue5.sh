@@ -67,21 +67,19 @@ job() {  # job name, seconds
          # (output.profile_steps), the default and model.cudnn_attention=true (torch's choice: cuDNN
          # first, which plans per new shape: the slow steps of sessions 6-7, confirmed in session 8);
          # the profile tables bundled into $OUT/slow.tar.xz
-         timeout $(($2 * 44 / 100)) python3 benchmarks/trl_compare.py --which both --gradient-checkpointing \
-           --unisd-set rollout.release_memory=true --model $SMOL --data-dir /tmp/unisd-data --split train \
-           --batch-size 16 --steps 6 --max-new-tokens 128 --run-timeout $(($2 * 22 / 100)) --work-dir /tmp/slow_both \
-           --out $OUT/slow_both > $OUT/slow_both.log 2>&1
+         gc16="--gradient-checkpointing --unisd-set rollout.release_memory=true --model $SMOL \
+           --data-dir /tmp/unisd-data --split train --batch-size 16 --steps 6 --max-new-tokens 128"
+         timeout $(($2 * 44 / 100)) python3 benchmarks/trl_compare.py --which both $gc16 \
+           --run-timeout $(($2 * 22 / 100)) --work-dir /tmp/slow_both --out $OUT/slow_both > $OUT/slow_both.log 2>&1
          for v in default cudnn; do
            extra=""; [ $v = cudnn ] && extra="--unisd-set model.cudnn_attention=true"
-           timeout $(($2 * 28 / 100)) python3 benchmarks/trl_compare.py --which unisd --gradient-checkpointing \
-             --unisd-set rollout.release_memory=true $extra --unisd-set "output.profile_steps=[2,3,4,5]" \
-             --model $SMOL --data-dir /tmp/unisd-data --split train --batch-size 16 --steps 6 \
-             --max-new-tokens 128 --run-timeout $(($2 * 28 / 100 - 15)) --work-dir /tmp/slow_$v \
-             --out $OUT/slow_$v > $OUT/slow_$v.log 2>&1
+           timeout $(($2 * 28 / 100)) python3 benchmarks/trl_compare.py --which unisd $gc16 $extra \
+             --unisd-set "output.profile_steps=[2,3,4,5]" --run-timeout $(($2 * 28 / 100 - 15)) \
+             --work-dir /tmp/slow_$v --out $OUT/slow_$v > $OUT/slow_$v.log 2>&1
            mkdir -p $OUT/slow_$v/profile
            find /tmp/slow_$v -path "*profile/*.txt" -exec cp {} $OUT/slow_$v/profile/ \;
          done
-         (cd $OUT && tar -cJf slow.tar.xz slow_both slow_default slow_cudnn && rm -rf slow_both slow_default slow_cudnn) ;;
+         (cd $OUT && tar -cJf slow.tar.xz slow_{both,default,cudnn} && rm -rf slow_{both,default,cudnn}) ;;
     bench) mkdir -p $OUT/bench
          timeout $2 python3 -m unisd bench sdft --model $QWEN --task gsm8k --data-dir /tmp/unisd-data \
            --batch-size 64 --new-tokens 128 --steps 4 --set optim.batch_size=64 --set optim.micro_batch_size=64 \

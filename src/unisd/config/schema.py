@@ -61,7 +61,7 @@ class ModelConfig:
     puts cuDNN first for masked attention, and cuDNN builds an execution plan for every (batch, length)
     shape it has not seen (pytorch's MHA.cpp plan cache; modelscope/FunASR#3704), while a training
     step's lengths change every step. Measured on an H100 (SmolLM2-135M, checkpointed batch 16):
-    0.23-0.35 s of CPU per step in cuDNN's attention against 2-3 ms for the memory-efficient kernel
+    0.23-0.35 s of CPU per step in cuDNN's attention against 2.2-3.4 ms for the memory-efficient kernel
     (docs/benchmarks.md, session 8). Flash, memory-efficient and math attention stay allowed.
     Sampling is not affected."""
 
